@@ -1,0 +1,1 @@
+"""Ray actors as plain classes: rollout generators, the preference judge, learners (coming next)."""

@@ -1,0 +1,18 @@
+"""Errors that reach users as one line (the CLI prints them and exits with code 2)."""
+
+
+class AlignplayError(Exception):
+    """Base class of every error alignplay raises on purpose."""
+
+
+class InputError(AlignplayError, ValueError):
+    """Bad input from a user: a file, an array, a flag. The message names what and where."""
+
+
+class ConfigError(InputError):
+    """A config value is unknown, mistyped or out of range; ``key`` is its dotted path."""
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        self.message = message
+        super().__init__(f"{key}: {message}" if key else message)

@@ -1,0 +1,1 @@
+"""Games, tasks and judges: exact matrix/Markov games and (later) conversation tasks."""

@@ -1,0 +1,1 @@
+"""Differentially private learning: the DP learner, accounting and auditing (coming later)."""

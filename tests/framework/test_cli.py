@@ -1,0 +1,111 @@
+"""The command line, run as users run it (the installed console script)."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# the console script installed beside this interpreter (make test does not activate the venv)
+_BESIDE = Path(sys.executable).parent / "alignplay"
+ALIGNPLAY = str(_BESIDE) if _BESIDE.exists() else shutil.which("alignplay")
+
+
+def run(*args, cwd=None):
+    assert ALIGNPLAY, "the alignplay console script is not installed"
+    return subprocess.run([ALIGNPLAY, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_lab_matrix_writes_the_contract(tmp_path):
+    out = tmp_path / "m.json"
+    res = run("lab", "matrix", "--builtin", "asymmetric_cycle", "--algo", "ompo", "--eta", "0.7",
+              "--iters", "5000", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    report = json.loads(out.read_text())
+    assert report["algo"] == "ompo" and report["eta"] == 0.7 and report["iters"] == 5000
+    assert len(report["policy"]) == len(report["last_policy"]) == 3
+    assert sum(report["policy"]) == pytest.approx(1.0)
+    assert isinstance(report["exploitability"], float) and report["exploitability"] < 5e-3
+    assert report["curve"][-1][0] == 5000 and len(report["curve"][0]) == 3
+    # acceptance 2 through the CLI: within 1e-3 (L1) of the LP equilibrium after 5,000 iterations
+    assert np.abs(np.subtract(report["last_policy"], report["nash"])).sum() <= 1e-3
+    assert out.with_suffix(".png").stat().st_size > 1000
+
+
+def test_lab_matrix_reads_a_payoff_file(tmp_path):
+    P = np.array([[0.5, 0.9, 0.3], [0.1, 0.5, 0.6], [0.7, 0.4, 0.5]])
+    np.save(tmp_path / "p.npy", P)
+    res = run("lab", "matrix", "--payoff", str(tmp_path / "p.npy"), "--algo", "mpo", "--iters", "300",
+              "--out", str(tmp_path / "o.json"))
+    assert res.returncode == 0, res.stderr
+    assert len(json.loads((tmp_path / "o.json").read_text())["policy"]) == 3
+
+
+def test_lab_markov_writes_the_contract_and_a_table(tmp_path):
+    out = tmp_path / "k.json"
+    res = run("lab", "markov", "--games", "2", "--seed", "4", "--algo", "both", "--iters", "200",
+              "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    report = json.loads(out.read_text())
+    assert set(report) == {"mpo", "ompo"}
+    for r in report.values():
+        assert set(r["iters_to_eps"]) == {"0.01", "0.001"}
+        assert all(v is None or isinstance(v, int) for v in r["iters_to_eps"].values())
+        assert isinstance(r["slope"], float)
+        assert r["mean_exploitability"][-1][0] == 200
+        assert r["mean_exploitability"][0][0] == 1
+    assert "iters→1e-2" in res.stdout and "ompo" in res.stdout
+    assert out.with_suffix(".png").exists()
+
+
+def bad_payoff(tmp_path, P):
+    path = tmp_path / "bad.npy"
+    np.save(path, np.asarray(P))
+    return ["lab", "matrix", "--payoff", str(path), "--algo", "ompo", "--out", str(tmp_path / "o.json")]
+
+
+@pytest.mark.parametrize("case, fragment", [
+    (lambda t: bad_payoff(t, [[0.5, 0.7], [0.7, 0.5]]), "not constant-sum: P[0,1] + P[1,0] = 1.4"),
+    (lambda t: bad_payoff(t, [[0.5, 1.5], [-0.5, 0.5]]), "P[0,1] = 1.5 is not a probability"),
+    (lambda t: bad_payoff(t, np.full((2, 3), 0.5)), "expected a square n×n matrix"),
+    (lambda t: ["lab", "matrix", "--builtin", "rps", "--algo", "ppo"], "unknown algorithm 'ppo'"),
+    (lambda t: ["lab", "markov", "--algo", "ompo", "--games", "0"], "--games must be ≥ 1"),
+    (lambda t: ["lab", "matrix", "--algo", "mpo"], "exactly one of --payoff"),
+    (lambda t: ["lab", "matrix", "--builtin", "rps", "--algo", "mpo", "--iters", "x"], "invalid int value"),
+    (lambda t: ["run", "examples/quickstart.yaml", "lab.temperature=2"], "lab.temperature"),
+    (lambda t: ["run", str(t / "missing.yaml")], "no such config file"),
+    (lambda t: ["teleport"], "invalid choice"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, case, fragment):
+    import pathlib
+
+    repo = pathlib.Path(__file__).resolve().parents[2]
+    res = run(*case(tmp_path), cwd=repo)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert fragment in lines[0] and lines[0].startswith("alignplay: error:")
+
+
+def test_help_everywhere():
+    for args in ([], ["run"], ["lab"], ["lab", "matrix"], ["lab", "markov"]):
+        res = run(*args, "--help")
+        assert res.returncode == 0 and "usage:" in res.stdout
+
+
+def test_run_quickstart_quick_writes_a_run_directory(tmp_path):
+    import pathlib
+
+    repo = pathlib.Path(__file__).resolve().parents[2]
+    res = run("run", "examples/quickstart.yaml", "--run-dir", str(tmp_path / "r"), "quick=true", cwd=repo)
+    assert res.returncode == 0, res.stderr
+    r = tmp_path / "r"
+    assert "quick: true" in (r / "config.yaml").read_text()
+    markov = json.loads((r / "markov.json").read_text())
+    assert markov["ompo"]["mean_exploitability"][-1][0] == 300
+    assert len(markov["ompo"]["games"]) == 2
+    assert (r / "matrix" / "asymmetric_cycle_ompo.json").exists()
+    assert "| asymmetric_cycle | ompo |" in (r / "report.md").read_text()

@@ -1,0 +1,67 @@
+from pathlib import Path
+
+import pytest
+
+from framework.config import QUICK, Config, load_config, to_yaml
+from framework.errors import ConfigError, InputError
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
+
+
+def test_there_are_shipped_examples():
+    assert EXAMPLES
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_every_shipped_config_loads_also_in_quick_mode(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, Config)
+    quick = load_config(path, ["quick=true"])
+    assert quick.quick and quick.lab.iters == QUICK["lab.iters"] < cfg.lab.iters
+
+
+def test_overrides_win_over_quick_and_yaml(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("lab:\n  iters: 700\n  algos: [ompo]\n")
+    assert load_config(path).lab.iters == 700
+    assert load_config(path).lab.algos == ("ompo",)
+    assert load_config(path, ["quick=true"]).lab.iters == QUICK["lab.iters"]
+    assert load_config(path, ["quick=true", "lab.iters=55"]).lab.iters == 55
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["lab.iterz=3"], "lab.iterz: Key 'iterz' not in 'LabConfig'"),
+    (["trainer.lr=3"], "trainer"),
+    (["lab.iters=many"], "lab.iters: Value 'many' of type 'str' could not be converted to Integer"),
+    (["lab.eta=-1"], "lab.eta: must be > 0, got -1.0"),
+    (["lab.algos=[mpo,reinforce]"], "lab.algos[1]: unknown algorithm 'reinforce'"),
+    (["lab.init=zeros"], "lab.init: must be 'uniform' or 'random'"),
+    (["job=train"], "job: unknown job 'train'"),
+    (["lab.iters"], "an override must look like key=value"),
+])
+def test_bad_values_name_the_full_key(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_keys_in_yaml_name_their_path(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("lab:\n  eta: 0.3\n  horizon: 3\n")
+    with pytest.raises(ConfigError, match=r"^lab\.horizon: "):
+        load_config(path)
+    path.write_text("lab: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+    with pytest.raises(InputError, match="no such config file"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_configs_are_frozen_and_round_trip_through_yaml(tmp_path):
+    cfg = load_config(None, ["lab.eta=0.25", "seed=3"])
+    with pytest.raises(Exception):
+        cfg.seed = 4
+    path = tmp_path / "resolved.yaml"
+    path.write_text(to_yaml(cfg))
+    assert load_config(path) == cfg
