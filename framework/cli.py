@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -54,14 +55,22 @@ def _markov(args) -> None:
 
 def _run(args) -> None:
     from framework.config import load_config, to_yaml
-    from framework.jobs import run_job
+    from framework.jobs import PREFLIGHT, run_job
 
     cfg = load_config(args.config, args.overrides)
     run_dir = Path(args.run_dir or f"runs/{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if cfg.job in PREFLIGHT:
+        PREFLIGHT[cfg.job](cfg, run_dir)  # bad input fails here, before the run directory is touched
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     run_job(cfg, run_dir)
     print(f"run directory: {run_dir}")
+
+
+def _report(args) -> None:
+    from framework.report import write_report
+
+    print(f"wrote {write_report(Path(args.run_dir))}")
 
 
 def _add_lab_common(p, *, algo_help: str) -> None:
@@ -87,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     run.set_defaults(func=_run)
 
+    rep = sub.add_parser("report", help="plots and report.md for a self-play run directory",
+                         description="Write report.md and PNG plots from RUN_DIR/metrics.jsonl.")
+    rep.add_argument("run_dir", help="a run directory written by `alignplay run`")
+    rep.set_defaults(func=_report)
+
     labp = sub.add_parser("lab", help="exact game lab: tabular MPO/OMPO on known games")
     lab_sub = labp.add_subparsers(dest="game", required=True, metavar="GAME")
     m = lab_sub.add_parser("matrix", help="one algorithm on a matrix preference game",
@@ -107,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Plugins named in configs (judge.target=module:Class) may live in the working directory.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         parser = build_parser()
         # Overrides may follow options (`run CONFIG --run-dir D quick=true`): argparse hands them

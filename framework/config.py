@@ -15,6 +15,7 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Optional
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -63,26 +64,233 @@ class LabConfig:
 
 
 @dataclass(frozen=True)
+class ModelConfig:
+    """The policy: a Hugging Face checkpoint, or the tiny model built for the task."""
+
+    path: Optional[str] = None
+    """Local directory or hub id of a causal LM with a chat template; empty = build the tiny model."""
+    hidden_size: int = 64
+    """Tiny model: width (head dim = hidden_size / heads must be ≥ 32)."""
+    layers: int = 4
+    """Tiny model: transformer layers."""
+    heads: int = 2
+    """Tiny model: attention heads."""
+    intermediate_size: int = 192
+    """Tiny model: MLP width."""
+    vocab_size: int = 256
+    """Tiny model: BPE vocabulary size (trained locally on the task's text)."""
+    max_new_tokens: int = 8
+    """Response length cap (tokens)."""
+
+    def __post_init__(self):
+        for name in ("hidden_size", "layers", "heads", "intermediate_size", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, f"must be ≥ 1, got {getattr(self, name)}")
+        if self.hidden_size % self.heads or self.hidden_size // self.heads < 32:
+            raise ConfigError("hidden_size", f"hidden_size / heads must be an integer ≥ 32, "
+                                              f"got {self.hidden_size}/{self.heads}")
+        if self.vocab_size < 64:
+            raise ConfigError("vocab_size", f"must be ≥ 64, got {self.vocab_size}")
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """The built-in multi-turn task (see games/tasks)."""
+
+    name: str = "running_sum"
+    """Task name."""
+    turns: int = 3
+    """User turns per conversation (horizon H)."""
+    correctness_weight: float = 0.7
+    """Weight w of the transitive (correctness) part of the rule judge."""
+    margins: tuple[float, float, float] = (0.1, 0.2, 0.4)
+    """Margins of the non-transitive style cycle."""
+
+
+@dataclass(frozen=True)
+class WarmStartConfig:
+    """Supervised warm start on the task's demonstrations (cached per model and task)."""
+
+    steps: int = 1500
+    """SFT optimizer steps (0 = start self-play from the random-init model)."""
+    batch_size: int = 64
+    """Assistant turns per SFT step."""
+    lr: float = 3e-3
+    """AdamW learning rate."""
+    demonstrations: int = 4000
+    """Demonstration conversations generated for SFT."""
+
+    def __post_init__(self):
+        if self.steps < 0 or self.batch_size < 1 or self.demonstrations < 1:
+            raise ConfigError("steps", "steps ≥ 0, batch_size ≥ 1 and demonstrations ≥ 1 are required")
+        if not self.lr > 0:
+            raise ConfigError("lr", f"must be > 0, got {self.lr}")
+
+
+@dataclass(frozen=True)
+class AlgoConfig:
+    """The self-play algorithm and its learner settings."""
+
+    name: str = "mpo"
+    """Algorithm (registered in framework/algorithms)."""
+    eta: float = 5.0
+    """Mirror-descent step size η of π_{t+1} ∝ π_t exp(η Q) (β = 1/η in DPO-style codes)."""
+    k: int = 4
+    """Sampled answers per visited state."""
+    keep: str = "all"
+    """Which samples train: ``all`` or ``best_worst`` (the paper's choice)."""
+    lr: float = 1e-3
+    """Learner AdamW learning rate."""
+    epochs: int = 1
+    """Passes over each iteration's batch."""
+    minibatches: int = 2
+    """Optimizer steps per pass."""
+
+    def __post_init__(self):
+        if not self.eta > 0:
+            raise ConfigError("eta", f"must be > 0, got {self.eta}")
+        if self.k < 2:
+            raise ConfigError("k", f"must be ≥ 2 (Q̂ compares samples), got {self.k}")
+        if self.keep not in ("all", "best_worst"):
+            raise ConfigError("keep", f"must be 'all' or 'best_worst', got {self.keep!r}")
+        if not self.lr > 0 or self.epochs < 1 or self.minibatches < 1:
+            raise ConfigError("lr", "lr > 0, epochs ≥ 1 and minibatches ≥ 1 are required")
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    """Which preference judge scores the samples."""
+
+    kind: str = "rule"
+    """``rule`` (the task's programmatic judge) or ``custom``."""
+    target: Optional[str] = None
+    """For kind=custom: ``module:Class`` implementing compare(conversations, a, b)."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments for the judge's constructor."""
+    retries: int = 2
+    """Extra attempts when the judge raises, before the run stops."""
+
+    def __post_init__(self):
+        if self.kind == "custom" and not self.target:
+            raise ConfigError("target", "judge.kind=custom needs judge.target=module:Class")
+        if self.retries < 0:
+            raise ConfigError("retries", f"must be ≥ 0, got {self.retries}")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """How the actors are laid out and scheduled."""
+
+    mode: str = "async"
+    """``sync`` (each stage waits) or ``async`` (generation runs ahead of the learner)."""
+    max_staleness: int = 1
+    """Async: generators run at most this many policy versions ahead; older samples are dropped."""
+    generators: int = 1
+    """Rollout generator actors."""
+    learners: int = 1
+    """Data-parallel learner workers (one torch.distributed process group)."""
+    backend: str = "hf"
+    """Generation backend: ``hf`` (transformers generate)."""
+    ray: bool = True
+    """Run the roles as Ray actors (false: all in this process, for debugging)."""
+    num_cpus: Optional[int] = None
+    """CPUs Ray may use (default: all)."""
+    generator_threads: int = 1
+    """torch threads per generator."""
+    learner_threads: int = 1
+    """torch threads per learner worker."""
+    placement: str = "colocated"
+    """``colocated`` or ``disaggregated`` (each generator and learner pinned to its own core)."""
+
+    def __post_init__(self):
+        if self.mode not in ("sync", "async"):
+            raise ConfigError("mode", f"must be 'sync' or 'async', got {self.mode!r}")
+        if self.max_staleness < 0:
+            raise ConfigError("max_staleness", f"must be ≥ 0, got {self.max_staleness}")
+        for name in ("generators", "learners", "generator_threads", "learner_threads"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, f"must be ≥ 1, got {getattr(self, name)}")
+        if self.placement not in ("colocated", "disaggregated"):
+            raise ConfigError("placement", f"must be 'colocated' or 'disaggregated', got {self.placement!r}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The self-play loop."""
+
+    iterations: int = 100
+    """Policy updates."""
+    conversations: int = 64
+    """Training conversations played per iteration (each turn branches K answers)."""
+
+    def __post_init__(self):
+        if self.iterations < 1 or self.conversations < 1:
+            raise ConfigError("iterations", "iterations ≥ 1 and conversations ≥ 1 are required")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Held-out evaluation: win rate against the warm start, exploitability."""
+
+    every: int = 10
+    """Evaluate every this many iterations (and at the end)."""
+    conversations: int = 60
+    """Held-out conversations per periodic evaluation (states = conversations × turns)."""
+    final_conversations: int = 200
+    """Held-out conversations for the start and final evaluations."""
+    samples: int = 4
+    """Answers sampled per held-out state."""
+
+    def __post_init__(self):
+        if min(self.every, self.conversations, self.final_conversations, self.samples) < 1:
+            raise ConfigError("every", "every, conversations, final_conversations and samples must be ≥ 1")
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    every: int = 25
+    """Save a checkpoint every this many iterations (and at the end)."""
+    keep: int = 2
+    """How many periodic checkpoints to keep (the final one is always kept)."""
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything ``alignplay run`` needs."""
 
-    job: str = "lab"
-    """What to run: ``lab`` (the exact game lab)."""
+    job: str = "selfplay"
+    """What to run: ``selfplay`` (the Ray pipeline) or ``lab`` (the exact game lab)."""
     seed: int = 0
     """Seed of every random choice of the run."""
     quick: bool = False
     """A reduced smoke version (sizes from ``QUICK``; explicit overrides still win)."""
+    resume: bool = False
+    """Continue the run in --run-dir from its latest checkpoint."""
+    cache_dir: Optional[str] = None
+    """Where tiny models and warm starts are cached (default ~/.cache/alignplay or $ALIGNPLAY_CACHE)."""
     lab: LabConfig = field(default_factory=LabConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def __post_init__(self):
         from framework.jobs import JOBS
 
         if self.job not in JOBS:
             raise ConfigError("job", f"unknown job {self.job!r}; choose from {sorted(JOBS)}")
+        if self.pipeline.learners > 1 and not self.pipeline.ray:
+            raise ConfigError("pipeline.learners", "more than one learner needs pipeline.ray=true")
 
 
-#: What ``quick=true`` changes: small enough for a smoke run of every example.
-QUICK = {"lab.iters": 300, "lab.markov_games": 2}
+#: What ``quick=true`` changes: small enough for a smoke run of every example (< 3 min here).
+QUICK = {"lab.iters": 300, "lab.markov_games": 2, "train.iterations": 12, "warm_start.steps": 300,
+         "eval.every": 6, "eval.conversations": 20, "eval.final_conversations": 40, "checkpoint.every": 6}
 
 
 def _first_line(e: Exception) -> str:

@@ -45,7 +45,37 @@ def run_lab_job(cfg: "Config", run_dir: Path) -> None:
     print(table)
 
 
-JOBS = {"lab": run_lab_job}
+def run_selfplay_job(cfg: "Config", run_dir: Path) -> None:
+    """The Ray self-play pipeline, then its report."""
+    from framework.driver import run_selfplay
+    from framework.report import print_summary, write_report
+
+    summary = run_selfplay(cfg, run_dir)
+    write_report(run_dir)
+    print_summary(summary, run_dir)
+
+
+def preflight_selfplay(cfg: "Config", run_dir: Path) -> None:
+    """Checks that fail fast, before anything is written to the run directory."""
+    from framework.checkpoint import latest_checkpoint
+    from framework.errors import InputError
+    from framework.models import check_model_path
+    from games.judges import build_judge
+    from games.tasks import get_task
+
+    if cfg.resume and latest_checkpoint(run_dir) is None:
+        raise InputError(f"resume=true but {run_dir} has no checkpoint to resume from")
+    if not cfg.resume and (run_dir / "metrics.jsonl").exists():
+        raise InputError(f"{run_dir} already holds a run; pass resume=true or choose another --run-dir")
+    if cfg.model.path:
+        check_model_path(cfg.model.path)
+    task = get_task(cfg.task.name, turns=cfg.task.turns, margins=tuple(cfg.task.margins),
+                    correctness_weight=cfg.task.correctness_weight)
+    build_judge(cfg.judge.kind, task=task, target=cfg.judge.target, kwargs=dict(cfg.judge.kwargs))
+
+
+JOBS = {"lab": run_lab_job, "selfplay": run_selfplay_job}
+PREFLIGHT = {"selfplay": preflight_selfplay}
 
 
 def run_job(cfg: "Config", run_dir: Path) -> None:

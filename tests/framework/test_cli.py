@@ -96,11 +96,11 @@ def test_help_everywhere():
         assert res.returncode == 0 and "usage:" in res.stdout
 
 
-def test_run_quickstart_quick_writes_a_run_directory(tmp_path):
+def test_run_lab_quick_writes_a_run_directory(tmp_path):
     import pathlib
 
     repo = pathlib.Path(__file__).resolve().parents[2]
-    res = run("run", "examples/quickstart.yaml", "--run-dir", str(tmp_path / "r"), "quick=true", cwd=repo)
+    res = run("run", "examples/lab.yaml", "--run-dir", str(tmp_path / "r"), "quick=true", cwd=repo)
     assert res.returncode == 0, res.stderr
     r = tmp_path / "r"
     assert "quick: true" in (r / "config.yaml").read_text()

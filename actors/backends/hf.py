@@ -1,0 +1,46 @@
+"""The ``hf`` generation backend: transformers ``generate`` (the CPU default)."""
+
+from __future__ import annotations
+
+import torch
+
+from actors.backends import Sample
+
+
+class HFBackend:
+    """Samples with ``model.generate`` and reports each sampled token's log-probability."""
+
+    def __init__(self, *, model, tokenizer, max_new_tokens: int):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_new_tokens = max_new_tokens
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.model.load_state_dict(state_dict)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]], *, k: int, seed: int) -> list[list[Sample]]:
+        tok = self.tokenizer
+        rows = [p for p in prompts for _ in range(k)]
+        width = max(len(p) for p in rows)
+        input_ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
+        attention = torch.zeros_like(input_ids)
+        for i, p in enumerate(rows):  # left padding: every prompt ends at the same column
+            input_ids[i, width - len(p):] = torch.tensor(p)
+            attention[i, width - len(p):] = 1
+        torch.manual_seed(seed)
+        out = self.model.generate(
+            input_ids=input_ids, attention_mask=attention, do_sample=True, temperature=1.0,
+            top_k=0, top_p=1.0, max_new_tokens=self.max_new_tokens, pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id, output_logits=True, return_dict_in_generate=True,
+        )
+        new = out.sequences[:, width:]  # (N, R)
+        logp = torch.log_softmax(torch.stack(out.logits, dim=1).float(), dim=-1)  # (N, R, V)
+        picked = logp.gather(-1, new[:, :, None]).squeeze(-1)
+        samples = []
+        for i in range(len(rows)):
+            ids = new[i].tolist()
+            end = ids.index(tok.eos_token_id) + 1 if tok.eos_token_id in ids else len(ids)
+            samples.append(Sample(ids[:end], picked[i, :end].tolist(),
+                                  tok.decode(ids[:end], skip_special_tokens=True)))
+        return [samples[j * k:(j + 1) * k] for j in range(len(prompts))]

@@ -1,0 +1,120 @@
+"""``Learner``: one data-parallel training worker (a plain class; ``actors.remote`` makes a
+group of them Ray actors sharing a torch.distributed process group: gloo on CPU, NCCL on GPU)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import torch
+
+from framework.algorithms import get_algorithm
+from framework.losses import sequence_logprob, sft_loss, token_logprobs
+from framework.records import TrainBatch
+
+
+class Learner:
+    """Holds the trainable policy and its optimizer; publishes versioned weights.
+
+    Args:
+        model_path: directory or hub id of the starting policy.
+        rank, world_size, init_method: the process group (``init_method`` e.g. tcp://host:port);
+            world_size 1 needs no group.
+        lr, weight_decay: AdamW settings.
+        threads: torch intra-op threads for this worker.
+        seed: torch seed (dropout-free models make updates deterministic anyway).
+    """
+
+    def __init__(self, *, model_path: str, rank: int = 0, world_size: int = 1, init_method: str | None = None,
+                 lr: float = 1e-3, weight_decay: float = 0.0, threads: int = 1, seed: int = 0):
+        import torch.distributed as dist
+
+        from framework.models import load_policy
+
+        torch.set_num_threads(threads)
+        torch.manual_seed(seed)
+        self.rank, self.world_size = rank, world_size
+        model, self.tokenizer = load_policy(model_path)
+        self.module = model.train()
+        if world_size > 1:
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size)
+            self.model = torch.nn.parallel.DistributedDataParallel(model)
+        else:
+            self.model = model
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+        self.version = 0
+
+    def _logp(self, batch: TrainBatch) -> torch.Tensor:
+        logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        return sequence_logprob(token_logp=token_logprobs(logits=logits, input_ids=batch.input_ids),
+                                mask=batch.response_mask)
+
+    def _step(self, loss: torch.Tensor) -> float:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), 1.0)
+        self.optimizer.step()
+        return float(norm)
+
+    def train(self, batch: TrainBatch, *, algorithm: str, eta: float, epochs: int = 1,
+              minibatches: int = 1) -> dict:
+        """``epochs`` passes over this worker's shard in ``minibatches`` optimizer steps each.
+
+        ρ is measured against this learner's weights before the update (π_t), not the generator's
+        log-probs: with async generation the samples may come from an older version, and anchoring
+        on it would pull the policy back towards that version. In sync mode both are the same.
+        """
+        start = time.perf_counter()
+        algo = get_algorithm(algorithm)
+        with torch.no_grad():
+            logp_now = self._logp(batch)
+        behaviour_gap = float((logp_now - batch.logp_old).mean())
+        batch = dataclasses.replace(batch, logp_old=logp_now)
+        losses, norms = [], []
+        for _ in range(epochs):
+            for idx in torch.arange(len(batch)).tensor_split(minibatches):
+                mb = batch.rows(idx)
+                loss = algo.loss(batch=mb, logp=self._logp(mb), eta=eta).mean()
+                norms.append(self._step(loss))
+                losses.append(float(loss.detach()))
+        self.version += 1
+        with torch.no_grad():
+            rho = self._logp(batch) - batch.logp_old
+        return {"loss": sum(losses) / len(losses), "grad_norm": sum(norms) / len(norms),
+                "rho_mean": float(rho.mean()), "behaviour_gap": behaviour_gap, "version": self.version,
+                "train_seconds": time.perf_counter() - start}
+
+    def sft_step(self, batch: TrainBatch) -> float:
+        """One supervised step on demonstrations (the warm start); returns the loss."""
+        logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        loss = sft_loss(token_logp=token_logprobs(logits=logits, input_ids=batch.input_ids),
+                        mask=batch.response_mask).mean()
+        self._step(loss)
+        return float(loss.detach())
+
+    def weights(self) -> dict:
+        """The current weights for the generators (a detached copy)."""
+        return {k: v.detach().clone() for k, v in self.module.state_dict().items()}
+
+    def save(self, directory: str, version: int | None = None) -> None:
+        """Policy (safetensors, loadable with from_pretrained) and optimizer state (rank 0 only)."""
+        from framework.checkpoint import save_optimizer
+
+        if self.rank != 0:
+            return
+        directory = Path(directory)
+        self.module.save_pretrained(directory / "policy")
+        self.tokenizer.save_pretrained(directory / "policy")
+        save_optimizer(self.optimizer, directory)
+
+    def load(self, directory: str, version: int) -> None:
+        from safetensors.torch import load_file
+
+        from framework.checkpoint import load_optimizer
+
+        directory = Path(directory)
+        self.module.load_state_dict(load_file(str(directory / "policy" / "model.safetensors")))
+        load_optimizer(self.optimizer, directory)
+        self.version = version

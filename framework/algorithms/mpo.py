@@ -1,0 +1,82 @@
+"""MPO with one-step Q (the paper's experimental default; DESIGN §3).
+
+For each visited state s_h with K sampled answers a¹..a^K, the judge gives P(a^k ≻ a^k'), and
+
+    Q̂_k = (1/K) Σ_k' P(a^k ≻ a^k'),   baseline ½   (the self-pair counts ½).
+
+Kept samples (all K, or the best and worst by Q̂ as in the paper) regress ρ_θ onto η (Q̂ − ½).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from framework.algorithms import collate, register_algorithm
+from framework.errors import InputError
+from framework.losses import mpo_loss
+from framework.records import Comparison, Rollout, TrainBatch
+
+
+def win_matrix(k: int, comparisons: list[Comparison]) -> np.ndarray:
+    """(K, K) P(a^i ≻ a^j) from judged pairs; the diagonal is ½ and missing mirrors are 1 − P."""
+    W = np.full((k, k), np.nan)
+    np.fill_diagonal(W, 0.5)
+    for c in comparisons:
+        W[c.a, c.b] = c.probability
+    mirror = np.isnan(W) & ~np.isnan(W.T)
+    W[mirror] = 1.0 - W.T[mirror]
+    if np.isnan(W).any():
+        i, j = np.argwhere(np.isnan(W))[0]
+        raise InputError(f"no comparison between samples {i} and {j} of a state")
+    return W
+
+
+def one_step_q(W: np.ndarray) -> np.ndarray:
+    """(K,) Q̂_k = mean_k' P(a^k ≻ a^k')."""
+    return W.mean(axis=1)
+
+
+def select(q_hat: np.ndarray, keep: str) -> list[int]:
+    """Indices kept for training: ``all`` or ``best_worst`` (argmax and argmin of Q̂)."""
+    if keep == "all":
+        return list(range(len(q_hat)))
+    if keep == "best_worst":
+        best, worst = int(np.argmax(q_hat)), int(np.argmin(q_hat))
+        return [best] if best == worst else [best, worst]
+    raise InputError(f"algo.keep must be 'all' or 'best_worst', got {keep!r}")
+
+
+def group(rollouts: list[Rollout], comparisons: list[Comparison]):
+    """Rollouts and comparisons of each visited state, keyed by (conversation, turn, iteration)."""
+    states: dict = defaultdict(list)
+    for r in rollouts:
+        states[(r.conversation_id, r.turn, r.iteration)].append(r)
+    judged: dict = defaultdict(list)
+    for c in comparisons:
+        judged[(c.conversation_id, c.turn, c.iteration)].append(c)
+    return [(sorted(rs, key=lambda r: r.sample), judged[key]) for key, rs in states.items()]
+
+
+def build_batch(rollouts: list[Rollout], comparisons: list[Comparison], *, keep: str = "all",
+                pad_id: int) -> TrainBatch:
+    prompts, responses, logp_old, q_hat, versions = [], [], [], [], []
+    for rs, cs in group(rollouts, comparisons):
+        q = one_step_q(win_matrix(len(rs), cs))
+        for i in select(q, keep):
+            r = rs[i]
+            prompts.append(r.prompt_ids)
+            responses.append(r.response_ids)
+            logp_old.append(r.logprob)
+            q_hat.append(float(q[i]))
+            versions.append(r.policy_version)
+    return collate(prompts, responses, pad_id=pad_id, logp_old=logp_old, q_hat=q_hat,
+                   baseline=[0.5] * len(q_hat), policy_version=versions)
+
+
+def loss(*, batch: TrainBatch, logp, eta: float):
+    return mpo_loss(logp=logp, logp_old=batch.logp_old, q_hat=batch.q_hat, baseline=batch.baseline, eta=eta)
+
+
+register_algorithm("mpo", build_batch=build_batch, loss=loss)

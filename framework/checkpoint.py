@@ -1,0 +1,67 @@
+"""Checkpoints: safetensors for tensors, JSON for everything else (never pickle).
+
+A checkpoint directory holds
+  policy/            the model (``save_pretrained``: safetensors + config + tokenizer), loadable
+                     with ``AutoModelForCausalLM.from_pretrained``;
+  optimizer.safetensors + optimizer.json   the optimizer's tensors and its scalar state;
+  state.json         the driver's state (iteration, versions, counters, RNG seeds).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def save_optimizer(optimizer: torch.optim.Optimizer, directory: Path) -> None:
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for pid, pstate in state["state"].items():
+        for name, value in pstate.items():
+            if torch.is_tensor(value) and value.dim() > 0:
+                tensors[f"{pid}.{name}"] = value.contiguous()
+            else:
+                scalars[f"{pid}.{name}"] = value.item() if torch.is_tensor(value) else value
+    save_file(tensors, str(directory / "optimizer.safetensors"))
+    (directory / "optimizer.json").write_text(json.dumps({"param_groups": state["param_groups"],
+                                                          "scalars": scalars}))
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, directory: Path) -> None:
+    meta = json.loads((directory / "optimizer.json").read_text())
+    tensors = load_file(str(directory / "optimizer.safetensors"))
+    state: dict = {}
+    for key, value in tensors.items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = value
+    for key, value in meta["scalars"].items():
+        pid, name = key.split(".", 1)
+        # Adam keeps `step` as a tensor; restore the type it had
+        state.setdefault(int(pid), {})[name] = torch.tensor(float(value)) if name == "step" else value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def write_state(directory: Path, state: dict) -> None:
+    (directory / "state.json").write_text(json.dumps(state, indent=1))
+
+
+def read_state(directory: Path) -> dict:
+    return json.loads((directory / "state.json").read_text())
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The complete checkpoint (a directory with state.json) of the latest iteration, or None."""
+    done = [p for p in (Path(run_dir) / "checkpoints").iterdir() if (p / "state.json").exists()] \
+        if (Path(run_dir) / "checkpoints").is_dir() else []
+    return max(done, key=lambda p: read_state(p)["iteration"], default=None)
+
+
+def finalize(tmp: Path, final: Path) -> None:
+    """Make a checkpoint visible atomically: it is written to ``tmp`` and renamed."""
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)

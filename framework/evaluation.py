@@ -1,0 +1,25 @@
+"""Held-out evaluation maths: win rate against the warm start and class-based exploitability."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def win_rate(probabilities: np.ndarray) -> tuple[float, float]:
+    """Mean P(current ≻ init) and its 95% half-width, states as the unit of sampling.
+
+    Args:
+        probabilities: (S, M) judge probabilities, M paired samples at each of S states.
+    """
+    per_state = probabilities.mean(axis=1)
+    half = 1.96 * per_state.std(ddof=1) / np.sqrt(len(per_state)) if len(per_state) > 1 else float("nan")
+    return float(per_state.mean()), float(half)
+
+
+def class_counts(task, states: list, responses: list[list[str]]) -> np.ndarray:
+    """(S, C) how many of each state's sampled responses fall in each judge class."""
+    counts = np.zeros((len(states), len(task.class_names)))
+    for i, (state, group) in enumerate(zip(states, responses)):
+        for text in group:
+            counts[i, task.classify(state, text)] += 1
+    return counts

@@ -1,0 +1,135 @@
+"""Model loading and the tiny-model builder (an edge module: transformers lives here).
+
+``load_policy`` loads any Hugging Face causal LM and tokenizer from a local directory or a hub
+id. ``build_tiny_model`` makes a small Llama from a config with random init and a byte-level
+BPE tokenizer trained locally with ``tokenizers`` — untied embeddings (DP ghost clipping needs
+them), head dim 32 (vLLM's CPU attention needs ≥ 32) — and a chat template. It is deterministic
+in its arguments and cached on disk under a hash of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from framework.errors import InputError
+
+# Markers of the tiny models' chat format; the template renders
+#   <|user|>3+4<|assistant|>7!<|end|><|user|>+2<|assistant|>9.<|end|> ...
+USER, ASSISTANT, END, PAD = "<|user|>", "<|assistant|>", "<|end|>", "<|pad|>"
+CHAT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'user' %}" + USER + "{{ m['content'] }}"
+    "{% elif m['role'] == 'assistant' %}" + ASSISTANT + "{{ m['content'] }}" + END +
+    "{% else %}{{ m['content'] }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}" + ASSISTANT + "{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class TinyModelSpec:
+    """Sizes of a tiny Llama (2 layers, width 64 by default: ~0.1 M parameters)."""
+
+    hidden_size: int = 64
+    layers: int = 2
+    heads: int = 2
+    intermediate_size: int = 192
+    vocab_size: int = 256
+    max_positions: int = 128
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.hidden_size % self.heads or self.hidden_size // self.heads < 32:
+            raise InputError(
+                f"model.tiny: hidden_size / heads must be an integer ≥ 32 (vLLM CPU attention), "
+                f"got {self.hidden_size}/{self.heads}"
+            )
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("ALIGNPLAY_CACHE", Path.home() / ".cache" / "alignplay"))
+
+
+def _train_tokenizer(corpus: list[str], vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    # Digits stay single tokens: arithmetic is learnable digit by digit.
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=[PAD, USER, ASSISTANT, END],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token=PAD, eos_token=END, bos_token=None,
+        additional_special_tokens=[USER, ASSISTANT],
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.padding_side = "left"  # generation pads on the left
+    return fast
+
+
+def build_tiny_model(spec: TinyModelSpec, corpus: list[str], cache_dir: Path | None = None) -> Path:
+    """Build (or reuse) a tiny Llama + tokenizer for ``corpus``; returns its directory."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    key = hashlib.sha256(json.dumps([asdict(spec), corpus[:50], len(corpus), "v1"]).encode()).hexdigest()[:16]
+    out = Path(cache_dir or default_cache_dir()) / "tiny" / key
+    if (out / "config.json").exists() and (out / "tokenizer.json").exists():
+        return out
+    tokenizer = _train_tokenizer(corpus, spec.vocab_size)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.layers, num_attention_heads=spec.heads, num_key_value_heads=spec.heads,
+        head_dim=spec.hidden_size // spec.heads, max_position_embeddings=spec.max_positions,
+        tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    torch.manual_seed(spec.seed)
+    model = LlamaForCausalLM(config)
+    tmp = out.with_name(out.name + ".tmp")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.replace(out) if not out.exists() else None
+    return out
+
+
+def check_model_path(path: str | Path) -> None:
+    """A local path must exist; anything else must look like a hub id (``org/name``)."""
+    local = Path(path).expanduser()
+    if not local.exists() and (str(path).startswith((".", "/", "~")) or str(path).count("/") > 1):
+        raise InputError(f"model.path: {path} does not exist")
+    if local.exists() and not (local / "config.json").exists():
+        raise InputError(f"model.path: {path} has no config.json (not a Hugging Face model directory)")
+
+
+def load_policy(path: str | Path, *, dtype: str = "float32"):
+    """Any Hugging Face causal LM and its tokenizer, from a local directory or a hub id."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    check_model_path(path)
+    local = Path(path).expanduser()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(local) if local.exists() else str(path))
+        model = AutoModelForCausalLM.from_pretrained(
+            str(local) if local.exists() else str(path), dtype=getattr(torch, dtype))
+    except OSError as e:
+        raise InputError(f"model.path: cannot load {path!r} ({str(e).splitlines()[0]})") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    if tokenizer.chat_template is None:
+        raise InputError(f"model.path: the tokenizer of {path!r} has no chat template")
+    return model, tokenizer

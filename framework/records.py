@@ -1,0 +1,113 @@
+"""Records that cross actor boundaries, each with one Arrow schema (DESIGN §1).
+
+Runs write them to Parquet shards (``rollouts/``, ``comparisons/``), so any run can be
+inspected afterwards with ``datasets`` or ``pyarrow``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """One sampled assistant turn: action a_h^k at state s_h."""
+
+    # which conversation, turn and branch
+    conversation_id: str
+    turn: int  # h, 0-based
+    sample: int  # k in 0..K−1; sample 0 continues the conversation
+    iteration: int  # the driver iteration that asked for it
+    # the state and the action
+    messages: str  # JSON list of chat messages ending with the user turn (the state)
+    prompt_ids: list[int]  # (P,) the state tokenised with the generation prompt
+    response_ids: list[int]  # (R,) sampled tokens, end-of-turn included if produced
+    response_logprobs: list[float]  # (R,) log π_t of each sampled token
+    response: str  # decoded response text
+    # provenance
+    policy_version: int  # version of the weights that sampled it
+    generator: int  # which generator actor
+    learner_version: int = -1  # learner version when consumed (filled by the driver)
+    stale: bool = False  # dropped for being older than max_staleness
+
+    @property
+    def state(self) -> list[dict]:
+        return json.loads(self.messages)
+
+    @property
+    def logprob(self) -> float:
+        return float(sum(self.response_logprobs))
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A judged pair at one state: P(a ≻ b), a and b being sample indices of that state."""
+
+    conversation_id: str
+    turn: int
+    iteration: int
+    a: int
+    b: int
+    probability: float
+    judge: str
+
+
+@dataclass(frozen=True)
+class TrainBatch:
+    """Tensors for one learner update; rows are responses (B), columns tokens (T)."""
+
+    input_ids: torch.Tensor  # (B, T) prompt + response, right-padded
+    attention_mask: torch.Tensor  # (B, T) 1 on real tokens
+    response_mask: torch.Tensor  # (B, T) 1 on response tokens (the ones the loss sees)
+    logp_old: torch.Tensor  # (B,) log π_t(a|s) summed over response tokens
+    q_hat: torch.Tensor  # (B,) Q estimate
+    baseline: torch.Tensor  # (B,) baseline b
+    policy_version: torch.Tensor  # (B,) version that sampled each row
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def rows(self, index) -> "TrainBatch":
+        return TrainBatch(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
+    def shard(self, n: int) -> list["TrainBatch"]:
+        """Split rows into ``n`` nearly equal shards (data-parallel learners)."""
+        return [self.rows(idx) for idx in torch.arange(len(self)).tensor_split(n)]
+
+
+def _schema(cls):
+    import pyarrow as pa
+
+    types = {"str": pa.string(), "int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(),
+             "list[int]": pa.list_(pa.int32()), "list[float]": pa.list_(pa.float32())}
+    return pa.schema([(f.name, types[f.type]) for f in fields(cls)])
+
+
+ROLLOUT_SCHEMA = _schema(Rollout)
+COMPARISON_SCHEMA = _schema(Comparison)
+
+
+def write_parquet(records: list, path: Path) -> None:
+    """Write records of one type to a Parquet file (the folder is created)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not records:
+        return
+    schema = {Rollout: ROLLOUT_SCHEMA, Comparison: COMPARISON_SCHEMA}[type(records[0])]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist([asdict(r) for r in records], schema=schema), path)
+
+
+def read_parquet(folder: Path, cls) -> list:
+    """All records of a folder of Parquet shards, in file order."""
+    import pyarrow.parquet as pq
+
+    out = []
+    for path in sorted(Path(folder).glob("*.parquet")):
+        out += [cls(**row) for row in pq.read_table(path).to_pylist()]
+    return out

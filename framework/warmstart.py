@@ -1,0 +1,85 @@
+"""The policy a self-play run starts from: a given checkpoint, or the tiny model warm-started
+by SFT on the task's demonstrations. Both the tiny model and the warm start are cached on disk
+under a hash of everything that determines them, so reruns and tests skip the work."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from framework.config import Config
+from framework.models import TinyModelSpec, build_tiny_model, default_cache_dir
+
+
+def sft_pairs(tokenizer, conversations: list[list[dict]]) -> tuple[list[list[int]], list[list[int]]]:
+    """(prompt ids, response ids) for every assistant turn, cut where the chat template puts it."""
+    prompts, responses = [], []
+    for messages in conversations:
+        for i, m in enumerate(messages):
+            if m["role"] != "assistant":
+                continue
+            prompt = list(tokenizer.apply_chat_template(messages[:i], add_generation_prompt=True,
+                                                        tokenize=True)["input_ids"])
+            full = list(tokenizer.apply_chat_template(messages[: i + 1], tokenize=True)["input_ids"])
+            if full[: len(prompt)] != prompt:
+                raise ValueError("the chat template does not extend the generation prompt with the answer")
+            prompts.append(prompt)
+            responses.append(full[len(prompt):])
+    return prompts, responses
+
+
+def prepare_policy(cfg: Config, task, *, progress: bool = True) -> str:
+    """Directory of the starting policy (built and warm-started if needed)."""
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+    if cfg.model.path:
+        base = cfg.model.path
+    else:
+        spec = TinyModelSpec(hidden_size=cfg.model.hidden_size, layers=cfg.model.layers, heads=cfg.model.heads,
+                             intermediate_size=cfg.model.intermediate_size, vocab_size=cfg.model.vocab_size,
+                             seed=cfg.seed)
+        base = str(build_tiny_model(spec, task.tokenizer_corpus(cfg.seed), cache_dir=cache))
+    w = cfg.warm_start
+    if w.steps == 0:
+        return base
+    key = hashlib.sha256(json.dumps([base, asdict(cfg.task), asdict(w), cfg.seed, "v1"]).encode()).hexdigest()[:16]
+    out = cache / "warm" / key
+    if (out / "policy" / "config.json").exists():
+        return str(out / "policy")
+    _sft(base, task, w, cfg.seed, out, progress)
+    return str(out / "policy")
+
+
+def _sft(base: str, task, w, seed: int, out: Path, progress: bool) -> None:
+    import os
+
+    import torch
+    from tqdm.auto import tqdm
+
+    from actors.learner import Learner
+    from framework.algorithms import collate
+
+    learner = Learner(model_path=base, lr=w.lr, threads=max(1, torch.get_num_threads(), os.cpu_count() or 1),
+                      seed=seed)
+    prompts, responses = sft_pairs(learner.tokenizer, task.demonstrations(w.demonstrations, seed))
+    rng = np.random.default_rng([seed, 7])
+    pad = learner.tokenizer.pad_token_id
+    with tqdm(range(w.steps), desc="warm start (SFT)", disable=not progress, unit="step") as bar:
+        for step in bar:
+            idx = rng.choice(len(prompts), size=min(w.batch_size, len(prompts)), replace=False)
+            loss = learner.sft_step(collate([prompts[i] for i in idx], [responses[i] for i in idx], pad_id=pad))
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{loss:.3f}")
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    learner.save(str(tmp))
+    (tmp / "optimizer.json").unlink()  # the warm start is a policy, not a resumable run
+    (tmp / "optimizer.safetensors").unlink()
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)

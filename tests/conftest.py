@@ -1,0 +1,40 @@
+"""Shared fixtures: one local Ray per test session, and a tiny warm-started policy built once."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """Tiny models and warm starts for the whole session (built once, reused by every test)."""
+    path = tmp_path_factory.mktemp("alignplay-cache")
+    os.environ["ALIGNPLAY_CACHE"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def task():
+    from games.tasks import get_task
+
+    return get_task("running_sum", turns=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_policy(cache_dir, task) -> str:
+    """A tiny Llama warm-started for 150 steps on running_sum (2 turns): follows the format."""
+    from framework.config import load_config
+    from framework.warmstart import prepare_policy
+
+    cfg = load_config(None, [f"cache_dir={cache_dir}", "task.turns=2", "warm_start.steps=150"])
+    return prepare_policy(cfg, task, progress=False)
