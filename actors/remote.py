@@ -70,10 +70,11 @@ class RayCluster:
 
     uses_ray = True
 
-    def __init__(self, *, num_cpus: int | None = None):
+    def __init__(self, *, num_cpus: int | None = None, concurrent_roles: bool = False):
         import ray
 
         self.ray = ray
+        self.concurrent_roles = concurrent_roles
         self.owns_ray = not ray.is_initialized()
         if self.owns_ray:
             ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
@@ -83,6 +84,10 @@ class RayCluster:
     def spawn(self, cls, *, cpus: float = 1, pin: list[int] | None = None, **kwargs):
         # Actors import what the driver can import (a user's judge module, say): same Python path.
         env = {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))}
+        if self.concurrent_roles and "OMP_WAIT_POLICY" not in os.environ:
+            # Roles that run at the same time on shared cores: idle OpenMP threads must sleep, not
+            # spin (spinning is faster when roles take turns, as in sync mode).
+            env["OMP_WAIT_POLICY"] = "PASSIVE"
         actor = self.ray.remote(cls).options(num_cpus=cpus, runtime_env={"env_vars": env}).remote(**kwargs)
         if pin:
             # The CPU stand-in for separate GPUs: the actor's process may only run on these cores.
@@ -122,5 +127,6 @@ class RayCluster:
             self.ray.shutdown()
 
 
-def make_cluster(*, use_ray: bool, num_cpus: int | None = None):
-    return RayCluster(num_cpus=num_cpus) if use_ray else LocalCluster()
+def make_cluster(*, use_ray: bool, num_cpus: int | None = None, concurrent_roles: bool = False):
+    """Ray actors, or everything in this process; ``concurrent_roles``: roles overlap in time."""
+    return RayCluster(num_cpus=num_cpus, concurrent_roles=concurrent_roles) if use_ray else LocalCluster()

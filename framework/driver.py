@@ -169,6 +169,15 @@ def evaluate(roles: Roles, task, states: list, samples: int, seed: int) -> dict:
     return out
 
 
+def write_records(run_dir: Path, iteration: int, fresh: list[Rollout], stale: list[Rollout],
+                  comparisons: list[Comparison], learner_version: int) -> None:
+    """This iteration's rollouts (with the learner version that consumed them) and comparisons."""
+    rows = [dataclasses.replace(r, learner_version=learner_version) for r in fresh]
+    rows += [dataclasses.replace(r, learner_version=learner_version, stale=True) for r in stale]
+    write_parquet(rows, run_dir / "rollouts" / f"iter_{iteration:06d}.parquet")
+    write_parquet(comparisons, run_dir / "comparisons" / f"iter_{iteration:06d}.parquet")
+
+
 def save_checkpoint(roles: Roles, run_dir: Path, iteration: int, version: int, counters: dict, keep: int,
                     final: bool = False) -> Path:
     name = "final" if final else f"iter_{iteration:06d}"
@@ -200,7 +209,8 @@ def run_selfplay(cfg: Config, run_dir: Path, *, progress: bool = True) -> dict:
                     correctness_weight=cfg.task.correctness_weight)
     algo = get_algorithm(cfg.algo.name)
     policy_path = prepare_policy(cfg, task, progress=progress)
-    cluster = make_cluster(use_ray=cfg.pipeline.ray, num_cpus=cfg.pipeline.num_cpus)
+    cluster = make_cluster(use_ray=cfg.pipeline.ray, num_cpus=cfg.pipeline.num_cpus,
+                           concurrent_roles=cfg.pipeline.mode == "async")
     try:
         roles = build_roles(cfg, task, policy_path, cluster)
         start, version, counters = 0, 0, {"dropped_stale": 0, "samples_total": 0}
@@ -239,8 +249,9 @@ def run_selfplay(cfg: Config, run_dir: Path, *, progress: bool = True) -> dict:
                 with timed(m, "sync_weights"):
                     sync_weights(roles, version, wait=cfg.pipeline.mode == "sync")
             except AlignplayError:
-                # Stop with a resumable checkpoint at the last completed iteration.
-                save_checkpoint(roles, run_dir, t, version, counters, cfg.checkpoint.keep)
+                # Stop with a resumable checkpoint: each iteration makes exactly one update, so
+                # `version` iterations are complete (whichever stage failed).
+                save_checkpoint(roles, run_dir, version, version, counters, cfg.checkpoint.keep)
                 raise
             counters["dropped_stale"] += len(stale)
             counters["samples_total"] += len(batch)
@@ -252,16 +263,13 @@ def run_selfplay(cfg: Config, run_dir: Path, *, progress: bool = True) -> dict:
                 if (t + 1) % cfg.eval.every == 0 or t + 1 == cfg.train.iterations:
                     m.update(evaluate(roles, task, eval_states, cfg.eval.samples, seed=cfg.seed + t + 1))
             with timed(m, "log"):
-                write_parquet([dataclasses.replace(r, learner_version=version - 1) for r in fresh]
-                              + [dataclasses.replace(r, learner_version=version - 1, stale=True) for r in stale],
-                              run_dir / "rollouts" / f"iter_{t + 1:06d}.parquet")
-                write_parquet(comparisons, run_dir / "comparisons" / f"iter_{t + 1:06d}.parquet")
-                m.setdefault("win_rate_vs_init", None)
-                m.setdefault("exploitability", None)
+                write_records(run_dir, t + 1, fresh, stale, comparisons, learner_version=version - 1)
                 elapsed = time.perf_counter() - wall
                 m.update(policy_version=version, samples=len(batch), samples_per_s=len(batch) / elapsed,
                          iteration_s=elapsed, staleness_mean=float(np.mean(ages)) if ages else 0.0,
                          dropped_stale=len(stale), dropped_stale_total=counters["dropped_stale"])
+                m.setdefault("win_rate_vs_init", None)
+                m.setdefault("exploitability", None)
                 with metrics_path.open("a") as f:
                     f.write(json.dumps(m) + "\n")
             bar.update(1)

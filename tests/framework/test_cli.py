@@ -109,3 +109,24 @@ def test_run_lab_quick_writes_a_run_directory(tmp_path):
     assert len(markov["ompo"]["games"]) == 2
     assert (r / "matrix" / "asymmetric_cycle_ompo.json").exists()
     assert "| asymmetric_cycle | ompo |" in (r / "report.md").read_text()
+
+
+def test_selfplay_bad_input_fails_before_writing_anything(tmp_path):
+    import pathlib
+
+    repo = pathlib.Path(__file__).resolve().parents[2]
+    run_dir = tmp_path / "run"
+    res = run("run", "examples/quickstart.yaml", "--run-dir", str(run_dir), "model.path=/no/such/model", cwd=repo)
+    assert res.returncode == 2 and "model.path: /no/such/model does not exist" in res.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("job: selfplay\ntrain: {iterations: 3\n")
+    res = run("run", str(bad), "--run-dir", str(run_dir))
+    assert res.returncode == 2 and "not valid YAML" in res.stderr
+    res = run("run", "examples/quickstart.yaml", "--run-dir", str(run_dir), "judge.kind=custom",
+              "judge.target=no_such_module:Judge", cwd=repo)
+    assert res.returncode == 2 and "cannot import 'no_such_module'" in res.stderr
+    res = run("run", "examples/quickstart.yaml", "--run-dir", str(run_dir), "resume=true", cwd=repo)
+    assert res.returncode == 2 and "no checkpoint to resume from" in res.stderr
+    assert not run_dir.exists()
+    res = run("report", str(tmp_path))
+    assert res.returncode == 2 and "no metrics.jsonl" in res.stderr

@@ -51,6 +51,12 @@ def test_async_mpo_run_under_ray(ray_session, tiny_policy, cache_dir, tmp_path):
 
     assert AutoModelForCausalLM.from_pretrained(summary["final_policy"]).config.tie_word_embeddings is False
     assert 0.0 <= summary["final"]["win_rate_vs_init"] <= 1.0
+    from framework.report import write_report
+
+    report = write_report(tmp_path).read_text()
+    assert "| final |" in report and "| update |" in report
+    for png in ("win_rate", "exploitability", "throughput", "staleness"):
+        assert (tmp_path / f"{png}.png").stat().st_size > 1000
 
 
 def test_resume_continues_with_the_same_metrics(tiny_policy, cache_dir, tmp_path):

@@ -1,0 +1,144 @@
+"""Pipeline benchmark: one self-play workload run five ways, in one process run.
+
+  (a) bare: a single-process loop doing the same generate → judge → build batch → train →
+      load weights work with the plain classes, no Ray;
+  (b) the Ray pipeline, sync and async, *disaggregated*: generator and learner actors each pinned
+      to their own core with one thread (the CPU stand-in for separate generator/learner GPUs);
+  (c) the same *colocated*: both actors share both cores (two threads each), like the bare loop.
+
+Ideal async/sync ratios come from each run's own stage times: disaggregated (G₁ + T₁)/max(G₁, T₁);
+colocated (G₂ + T₂)/max(G₁, T₁) — overlapped, the two roles get one core each.
+
+    python bench/pipeline.py [quick=true]
+
+Ends with one JSON line: async_over_sync, async_ideal (disaggregated), sync_over_bare (colocated
+sync time / bare time, same threads), plus the colocated ratio and the stage times.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+WORKLOAD = ["model.hidden_size=128", "model.heads=4", "model.layers=4", "model.intermediate_size=384",
+            "model.max_new_tokens=16", "warm_start.steps=0", "train.conversations=64", "algo.k=4",
+            "algo.keep=best_worst", "task.turns=3",
+            "eval.every=100000", "eval.conversations=2", "eval.final_conversations=2", "eval.samples=1",
+            "checkpoint.every=100000"]
+
+
+def config(extra: list[str], iterations: int, cache: str):
+    from framework.config import load_config
+
+    return load_config(None, [*WORKLOAD, f"train.iterations={iterations}", f"cache_dir={cache}", *extra])
+
+
+def bare_loop(cfg, threads: int) -> dict:
+    """The same work, in this process, with the plain classes (no Ray, no driver)."""
+    import torch
+
+    from actors.generator import RolloutGenerator
+    from actors.judge import PreferenceJudge
+    from actors.learner import Learner
+    from framework.algorithms import get_algorithm
+    from framework.driver import iteration_seed
+    from framework.records import Comparison
+    from framework.warmstart import prepare_policy
+    from games.tasks import get_task
+
+    task = get_task(cfg.task.name, turns=cfg.task.turns)
+    path = prepare_policy(cfg, task, progress=False)
+    gen = RolloutGenerator(model_path=path, max_new_tokens=cfg.model.max_new_tokens, threads=threads)
+    learner = Learner(model_path=path, lr=cfg.algo.lr, threads=threads, seed=cfg.seed)
+    judge = PreferenceJudge(kind="rule", task=task)
+    algo = get_algorithm(cfg.algo.name)
+    torch.set_num_threads(threads)
+    times = {"generate": [], "train": [], "iteration": []}
+    for t in range(cfg.train.iterations):
+        start = time.perf_counter()
+        episodes = task.episodes("train", cfg.train.conversations, iteration_seed(cfg.seed, t))
+        rollouts = gen.rollout(episodes, k=cfg.algo.k, iteration=t, seed=iteration_seed(cfg.seed, t) * 10)
+        g = time.perf_counter()
+        groups: dict = {}
+        for r in rollouts:
+            groups.setdefault((r.conversation_id, r.turn), []).append(r)
+        keys, conv, a, b = [], [], [], []
+        for (cid, turn), rs in groups.items():
+            for i in range(len(rs)):
+                for j in range(i + 1, len(rs)):
+                    keys.append((cid, turn, i, j))
+                    conv.append(rs[i].state)
+                    a.append(rs[i].response)
+                    b.append(rs[j].response)
+        probs = judge.compare(conv, a, b)
+        comparisons = [Comparison(c, h, t, i, j, p, "rule") for (c, h, i, j), p in zip(keys, probs)]
+        batch = algo.build_batch(rollouts, comparisons, keep=cfg.algo.keep, pad_id=gen.pad_id())
+        u = time.perf_counter()
+        learner.train(batch, algorithm=cfg.algo.name, eta=cfg.algo.eta, epochs=cfg.algo.epochs,
+                      minibatches=cfg.algo.minibatches)
+        gen.set_weights(t + 1, learner.weights())
+        end = time.perf_counter()
+        times["generate"].append(g - start)
+        times["train"].append(end - u)
+        times["iteration"].append(end - start)
+    return {k: float(np.mean(v[1:])) for k, v in times.items()}  # the first iteration warms up
+
+
+def pipeline(cfg) -> dict:
+    from framework.driver import run_selfplay
+
+    with tempfile.TemporaryDirectory() as run_dir:
+        run_selfplay(cfg, Path(run_dir), progress=False)
+        rows = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()][1:]
+    busy = [r["iteration_s"] - r["evaluate_s"] - r["checkpoint_s"] for r in rows]
+    return {"iteration": float(np.mean(busy)), "generate": float(np.mean([r["generate_s"] for r in rows])),
+            "train": float(np.mean([r["update_s"] for r in rows])),
+            "samples_per_s": float(sum(r["samples"] for r in rows) / sum(busy))}
+
+
+def main(quick: bool) -> dict:
+    iterations = 3 if quick else 6
+    cache = tempfile.mkdtemp(prefix="alignplay-bench-")
+    base = ["pipeline.generators=1", "pipeline.learners=1", "pipeline.max_staleness=1"]
+    colocated = [*base, "pipeline.placement=colocated", "pipeline.generator_threads=2", "pipeline.learner_threads=2"]
+    disagg = [*base, "pipeline.placement=disaggregated", "pipeline.generator_threads=1", "pipeline.learner_threads=1"]
+    print("bare loop (2 threads) ...", flush=True)
+    bare = bare_loop(config([], iterations, cache), threads=2)
+    runs = {}
+    for name, extra in (("disaggregated_sync", [*disagg, "pipeline.mode=sync"]),
+                        ("disaggregated_async", [*disagg, "pipeline.mode=async"]),
+                        ("colocated_sync", [*colocated, "pipeline.mode=sync"]),
+                        ("colocated_async", [*colocated, "pipeline.mode=async"])):
+        print(f"{name} ...", flush=True)
+        runs[name] = pipeline(config(extra, iterations, cache))
+    g1, t1 = runs["disaggregated_sync"]["generate"], runs["disaggregated_sync"]["train"]
+    g2, t2 = runs["colocated_sync"]["generate"], runs["colocated_sync"]["train"]
+    ratio = runs["disaggregated_async"]["samples_per_s"] / runs["disaggregated_sync"]["samples_per_s"]
+    ideal = (g1 + t1) / max(g1, t1)
+    coloc_ratio = runs["colocated_async"]["samples_per_s"] / runs["colocated_sync"]["samples_per_s"]
+    coloc_ideal = (g2 + t2) / max(g1, t1)
+    sync_over_bare = runs["colocated_sync"]["iteration"] / bare["iteration"]
+    print(f"\nbare loop: {bare['iteration']:.2f} s/iteration (generate {bare['generate']:.2f} s, "
+          f"train {bare['train']:.2f} s)")
+    for name, r in runs.items():
+        print(f"{name:<22} {r['iteration']:.2f} s/iteration, {r['samples_per_s']:.0f} samples/s "
+              f"(generate {r['generate']:.2f} s, update {r['train']:.2f} s)")
+    print(f"\ndisaggregated async/sync throughput {ratio:.2f}× (ideal {ideal:.2f}×, {ratio / ideal:.0%} of it)")
+    print(f"colocated    async/sync throughput {coloc_ratio:.2f}× (ideal {coloc_ideal:.2f}×)")
+    print(f"colocated sync time / bare loop time {sync_over_bare:.3f}× (same threads)")
+    result = {"bench": "pipeline", "iterations": iterations, "async_over_sync": ratio, "async_ideal": ideal,
+              "async_fraction_of_ideal": ratio / ideal, "colocated_async_over_sync": coloc_ratio,
+              "colocated_async_ideal": coloc_ideal, "sync_over_bare": sync_over_bare,
+              "bare_s_per_iteration": bare["iteration"],
+              "stage_s": {"G1": g1, "T1": t1, "G2": g2, "T2": t2}}
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main(quick="quick=true" in sys.argv[1:])
