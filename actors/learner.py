@@ -3,7 +3,6 @@ group of them Ray actors sharing a torch.distributed process group: gloo on CPU,
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 
@@ -62,16 +61,16 @@ class Learner:
               minibatches: int = 1) -> dict:
         """``epochs`` passes over this worker's shard in ``minibatches`` optimizer steps each.
 
-        ρ is measured against this learner's weights before the update (π_t), not the generator's
-        log-probs: with async generation the samples may come from an older version, and anchoring
-        on it would pull the policy back towards that version. In sync mode both are the same.
+        ρ is measured against the policy that generated the samples (the generator's log-probs),
+        as PPO measures its ratio against the behaviour policy: with async generation one version
+        behind, the step is taken from there, which damps overshooting (in our runs anchoring on
+        the learner's newer weights instead made correctness swing by ±10 points). In sync mode
+        both anchors are the same; ``behaviour_gap`` reports how far apart they are.
         """
         start = time.perf_counter()
         algo = get_algorithm(algorithm)
         with torch.no_grad():
-            logp_now = self._logp(batch)
-        behaviour_gap = float((logp_now - batch.logp_old).mean())
-        batch = dataclasses.replace(batch, logp_old=logp_now)
+            behaviour_gap = float((self._logp(batch) - batch.logp_old).mean())
         losses, norms = [], []
         for _ in range(epochs):
             for idx in torch.arange(len(batch)).tensor_split(minibatches):
