@@ -111,7 +111,7 @@ class TaskConfig:
 class WarmStartConfig:
     """Supervised warm start on the task's demonstrations (cached per model and task)."""
 
-    steps: int = 1500
+    steps: int = 800
     """SFT optimizer steps (0 = start self-play from the random-init model)."""
     batch_size: int = 64
     """Assistant turns per SFT step."""
@@ -218,7 +218,7 @@ class PipelineConfig:
 class TrainConfig:
     """The self-play loop."""
 
-    iterations: int = 100
+    iterations: int = 200
     """Policy updates."""
     conversations: int = 64
     """Training conversations played per iteration (each turn branches K answers)."""
@@ -232,7 +232,7 @@ class TrainConfig:
 class EvalConfig:
     """Held-out evaluation: win rate against the warm start, exploitability."""
 
-    every: int = 10
+    every: int = 20
     """Evaluate every this many iterations (and at the end)."""
     conversations: int = 60
     """Held-out conversations per periodic evaluation (states = conversations × turns)."""

@@ -55,9 +55,30 @@ def run_selfplay_job(cfg: "Config", run_dir: Path) -> None:
     print_summary(summary, run_dir)
 
 
+#: What defines a self-play experiment: a resumed run must keep these as they were.
+EXPERIMENT_KEYS = ("seed", "model", "task", "warm_start", "algo", "train.conversations")
+
+
+def experiment_changes(saved: "Config", new: "Config") -> list[str]:
+    """Dotted keys among EXPERIMENT_KEYS whose values differ between two configs."""
+    import dataclasses
+
+    def flat(obj, prefix=""):
+        if dataclasses.is_dataclass(obj):
+            out = {}
+            for f in dataclasses.fields(obj):
+                out.update(flat(getattr(obj, f.name), f"{prefix}{f.name}."))
+            return out
+        return {prefix[:-1]: obj}
+
+    a, b = flat(saved), flat(new)
+    return [k for k in a if any(k == e or k.startswith(e + ".") for e in EXPERIMENT_KEYS) and a[k] != b[k]]
+
+
 def preflight_selfplay(cfg: "Config", run_dir: Path) -> None:
     """Checks that fail fast, before anything is written to the run directory."""
     from framework.checkpoint import latest_checkpoint
+    from framework.config import load_config
     from framework.errors import InputError
     from framework.models import check_model_path
     from games.judges import build_judge
@@ -65,6 +86,12 @@ def preflight_selfplay(cfg: "Config", run_dir: Path) -> None:
 
     if cfg.resume and latest_checkpoint(run_dir) is None:
         raise InputError(f"resume=true but {run_dir} has no checkpoint to resume from")
+    if cfg.resume and (run_dir / "config.yaml").exists():
+        changed = experiment_changes(load_config(run_dir / "config.yaml"), cfg)
+        if changed:
+            raise InputError(f"resume=true with a different experiment: {', '.join(changed)} differ from "
+                             f"{run_dir / 'config.yaml'} (only iterations, evaluation, checkpoints, the "
+                             f"judge and the pipeline layout may change on resume)")
     if not cfg.resume and (run_dir / "metrics.jsonl").exists():
         raise InputError(f"{run_dir} already holds a run; pass resume=true or choose another --run-dir")
     if cfg.model.path:

@@ -69,3 +69,12 @@ def test_configs_are_frozen_and_round_trip_through_yaml(tmp_path):
     path = tmp_path / "resolved.yaml"
     path.write_text(to_yaml(cfg))
     assert load_config(path) == cfg
+
+
+def test_resume_refuses_a_different_experiment_but_allows_more_iterations():
+    from framework.jobs import experiment_changes
+
+    saved = load_config(None, ["job=selfplay"])
+    assert experiment_changes(saved, load_config(None, ["train.iterations=500", "judge.retries=5",
+                                                        "pipeline.mode=sync", "resume=true"])) == []
+    assert experiment_changes(saved, load_config(None, ["algo.eta=2", "seed=3"])) == ["seed", "algo.eta"]
