@@ -86,7 +86,26 @@ def bare_loop(cfg, threads: int) -> dict:
         times["generate"].append(g - start)
         times["train"].append(end - u)
         times["iteration"].append(end - start)
-    return {k: float(np.mean(v[1:])) for k, v in times.items()}  # the first iteration warms up
+    return {k: float(np.median(v[1:])) for k, v in times.items()}  # the first iteration warms up
+
+
+def in_fresh_process(fn, *args, **kwargs):
+    """Run fn in a new Python process, as every Ray actor runs in one (same start-up, same heap)."""
+    import multiprocessing as mp
+
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(fn, args, kwargs)
+
+
+def wait_for_ray_to_exit(timeout: float = 30.0) -> None:
+    """Ray's processes outlive ray.shutdown() by a few seconds; measuring then would share cores."""
+    import psutil
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and any(
+            p.info["name"] and ("raylet" in p.info["name"] or p.info["name"].startswith("ray::"))
+            for p in psutil.process_iter(["name"])):
+        time.sleep(0.5)
 
 
 def pipeline(cfg) -> dict:
@@ -95,20 +114,22 @@ def pipeline(cfg) -> dict:
     with tempfile.TemporaryDirectory() as run_dir:
         run_selfplay(cfg, Path(run_dir), progress=False)
         rows = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()][1:]
+    wait_for_ray_to_exit()
     busy = [r["iteration_s"] - r["evaluate_s"] - r["checkpoint_s"] for r in rows]
-    return {"iteration": float(np.mean(busy)), "generate": float(np.mean([r["generate_s"] for r in rows])),
-            "train": float(np.mean([r["update_s"] for r in rows])),
-            "samples_per_s": float(sum(r["samples"] for r in rows) / sum(busy))}
+    # medians: single iterations on a shared 2-core machine have outliers either way
+    return {"iteration": float(np.median(busy)), "generate": float(np.median([r["generate_s"] for r in rows])),
+            "train": float(np.median([r["update_s"] for r in rows])),
+            "samples_per_s": float(np.median([r["samples"] for r in rows]) / np.median(busy))}
 
 
 def main(quick: bool) -> dict:
-    iterations = 3 if quick else 6
+    iterations = 3 if quick else 8
     cache = tempfile.mkdtemp(prefix="alignplay-bench-")
     base = ["pipeline.generators=1", "pipeline.learners=1", "pipeline.max_staleness=1"]
     colocated = [*base, "pipeline.placement=colocated", "pipeline.generator_threads=2", "pipeline.learner_threads=2"]
     disagg = [*base, "pipeline.placement=disaggregated", "pipeline.generator_threads=1", "pipeline.learner_threads=1"]
     print("bare loop (2 threads) ...", flush=True)
-    bare = bare_loop(config([], iterations, cache), threads=2)
+    bare = in_fresh_process(bare_loop, config([], iterations, cache), threads=2)
     runs = {}
     for name, extra in (("disaggregated_sync", [*disagg, "pipeline.mode=sync"]),
                         ("disaggregated_async", [*disagg, "pipeline.mode=async"]),
