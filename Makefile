@@ -16,7 +16,9 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# The demo starts afresh each time (a run directory is never overwritten by a new run).
 demo: $(STAMP)
+	rm -rf runs/quickstart
 	$(BIN)/alignplay run examples/quickstart.yaml --run-dir runs/quickstart
 
 test: $(STAMP)
