@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-WORKLOAD = ["model.hidden_size=128", "model.heads=4", "model.layers=4", "model.intermediate_size=384",
+WORKLOAD = ["model.tiny.hidden_size=128", "model.tiny.heads=4", "model.tiny.layers=4",
+            "model.tiny.intermediate_size=384",
             "model.max_new_tokens=16", "warm_start.steps=0", "train.conversations=64", "algo.k=4",
             "algo.keep=best_worst", "task.turns=3",
             "eval.every=100000", "eval.conversations=2", "eval.final_conversations=2", "eval.samples=1",

@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from framework.errors import ConfigError, InputError
+from framework.models import TinyModelSpec
 
 @dataclass(frozen=True)
 class LabConfig:
@@ -69,28 +70,14 @@ class ModelConfig:
 
     path: Optional[str] = None
     """Local directory or hub id of a causal LM with a chat template; empty = build the tiny model."""
-    hidden_size: int = 64
-    """Tiny model: width (head dim = hidden_size / heads must be ≥ 32)."""
-    layers: int = 4
-    """Tiny model: transformer layers."""
-    heads: int = 2
-    """Tiny model: attention heads."""
-    intermediate_size: int = 192
-    """Tiny model: MLP width."""
-    vocab_size: int = 256
-    """Tiny model: BPE vocabulary size (trained locally on the task's text)."""
+    tiny: TinyModelSpec = field(default_factory=TinyModelSpec)
+    """Sizes of the tiny model (used when ``path`` is empty)."""
     max_new_tokens: int = 8
     """Response length cap (tokens)."""
 
     def __post_init__(self):
-        for name in ("hidden_size", "layers", "heads", "intermediate_size", "max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise ConfigError(name, f"must be ≥ 1, got {getattr(self, name)}")
-        if self.hidden_size % self.heads or self.hidden_size // self.heads < 32:
-            raise ConfigError("hidden_size", f"hidden_size / heads must be an integer ≥ 32, "
-                                              f"got {self.hidden_size}/{self.heads}")
-        if self.vocab_size < 64:
-            raise ConfigError("vocab_size", f"must be ≥ 64, got {self.vocab_size}")
+        if self.max_new_tokens < 1:
+            raise ConfigError("max_new_tokens", f"must be ≥ 1, got {self.max_new_tokens}")
 
 
 @dataclass(frozen=True)

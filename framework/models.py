@@ -15,7 +15,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from framework.errors import InputError
+from framework.errors import ConfigError, InputError
 
 # Markers of the tiny models' chat format; the template renders
 #   <|user|>3+4<|assistant|>7!<|end|><|user|>+2<|assistant|>9.<|end|> ...
@@ -32,22 +32,30 @@ CHAT_TEMPLATE = (
 
 @dataclass(frozen=True)
 class TinyModelSpec:
-    """Sizes of a tiny Llama (2 layers, width 64 by default: ~0.1 M parameters)."""
+    """Sizes of the tiny Llama built when no model path is given (~0.2 M parameters)."""
 
     hidden_size: int = 64
-    layers: int = 2
+    """Width; head dim = hidden_size / heads must be ≥ 32 (vLLM's CPU attention needs it)."""
+    layers: int = 4
+    """Transformer layers (2 learn running sums poorly)."""
     heads: int = 2
+    """Attention heads."""
     intermediate_size: int = 192
+    """MLP width."""
     vocab_size: int = 256
+    """BPE vocabulary size (trained locally on the task's text)."""
     max_positions: int = 128
-    seed: int = 0
+    """Longest conversation in tokens."""
 
     def __post_init__(self):
+        for name in ("hidden_size", "layers", "heads", "intermediate_size", "max_positions"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, f"must be ≥ 1, got {getattr(self, name)}")
         if self.hidden_size % self.heads or self.hidden_size // self.heads < 32:
-            raise InputError(
-                f"model.tiny: hidden_size / heads must be an integer ≥ 32 (vLLM CPU attention), "
-                f"got {self.hidden_size}/{self.heads}"
-            )
+            raise ConfigError("hidden_size", f"hidden_size / heads must be an integer ≥ 32 "
+                                             f"(vLLM CPU attention), got {self.hidden_size}/{self.heads}")
+        if self.vocab_size < 64:
+            raise ConfigError("vocab_size", f"must be ≥ 64, got {self.vocab_size}")
 
 
 def default_cache_dir() -> Path:
@@ -79,12 +87,13 @@ def _train_tokenizer(corpus: list[str], vocab_size: int):
     return fast
 
 
-def build_tiny_model(spec: TinyModelSpec, corpus: list[str], cache_dir: Path | None = None) -> Path:
+def build_tiny_model(spec: TinyModelSpec, corpus: list[str], *, seed: int = 0,
+                     cache_dir: Path | None = None) -> Path:
     """Build (or reuse) a tiny Llama + tokenizer for ``corpus``; returns its directory."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    key = hashlib.sha256(json.dumps([asdict(spec), corpus[:50], len(corpus), "v1"]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([asdict(spec), seed, corpus[:50], len(corpus), "v2"]).encode()).hexdigest()[:16]
     out = Path(cache_dir or default_cache_dir()) / "tiny" / key
     if (out / "config.json").exists() and (out / "tokenizer.json").exists():
         return out
@@ -96,7 +105,7 @@ def build_tiny_model(spec: TinyModelSpec, corpus: list[str], cache_dir: Path | N
         tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         bos_token_id=None,
     )
-    torch.manual_seed(spec.seed)
+    torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     tmp = out.with_name(out.name + ".tmp")
     model.save_pretrained(tmp)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from framework.config import Config
-from framework.models import TinyModelSpec, build_tiny_model, default_cache_dir
+from framework.models import build_tiny_model, default_cache_dir
 
 
 def sft_pairs(tokenizer, conversations: list[list[dict]]) -> tuple[list[list[int]], list[list[int]]]:
@@ -39,10 +39,7 @@ def prepare_policy(cfg: Config, task, *, progress: bool = True) -> str:
     if cfg.model.path:
         base = cfg.model.path
     else:
-        spec = TinyModelSpec(hidden_size=cfg.model.hidden_size, layers=cfg.model.layers, heads=cfg.model.heads,
-                             intermediate_size=cfg.model.intermediate_size, vocab_size=cfg.model.vocab_size,
-                             seed=cfg.seed)
-        base = str(build_tiny_model(spec, task.tokenizer_corpus(cfg.seed), cache_dir=cache))
+        base = str(build_tiny_model(cfg.model.tiny, task.tokenizer_corpus(cfg.seed), seed=cfg.seed, cache_dir=cache))
     w = cfg.warm_start
     if w.steps == 0:
         return base
