@@ -1,7 +1,7 @@
 """The one place that applies ``ray.remote`` and placement.
 
 The driver talks to roles through a ``Cluster``: ``spawn`` an actor from a plain class, ``call``
-a method (a future comes back), ``get``/``wait`` futures. ``RayCluster`` runs every role as a
+a method (a future comes back), ``get`` futures. ``RayCluster`` runs every role as a
 Ray actor; ``LocalCluster`` runs them in this process (debugging, unit tests) with the same API.
 An ``AlignplayError`` raised inside an actor reaches the caller as itself (one-line message).
 """
@@ -36,8 +36,6 @@ def _resolve(x):
 class LocalCluster:
     """Every role in this process; calls run at once (no overlap between roles)."""
 
-    uses_ray = False
-
     def spawn(self, cls, *, cpus: float = 1, pin: list[int] | None = None, **kwargs):
         return cls(**kwargs)
 
@@ -52,12 +50,6 @@ class LocalCluster:
     def get(self, futures):
         return [_resolve(f) for f in futures] if isinstance(futures, list) else _resolve(futures)
 
-    def wait(self, futures: list, num_returns: int = 1):
-        return futures[:num_returns], futures[num_returns:]
-
-    def put(self, value):
-        return Done(value)
-
     def init_method(self) -> str | None:
         return None
 
@@ -67,8 +59,6 @@ class LocalCluster:
 
 class RayCluster:
     """Roles as Ray actors on a local or remote Ray cluster."""
-
-    uses_ray = True
 
     def __init__(self, *, num_cpus: int | None = None, concurrent_roles: bool = False):
         import ray
@@ -106,12 +96,6 @@ class RayCluster:
             if isinstance(cause, AlignplayError):
                 raise cause from None
             raise
-
-    def wait(self, futures: list, num_returns: int = 1):
-        return self.ray.wait(futures, num_returns=num_returns)
-
-    def put(self, value):
-        return self.ray.put(value)
 
     def init_method(self) -> str:
         """A TCP rendezvous for a torch.distributed group on this machine."""

@@ -17,6 +17,7 @@ sync time / bare time, same threads), plus the colocated ratio and the stage tim
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import tempfile
@@ -40,23 +41,24 @@ def config(extra: list[str], iterations: int, cache: str):
 
 
 def bare_loop(cfg, threads: int) -> dict:
-    """The same work, in this process, with the plain classes (no Ray, no driver)."""
+    """The same work, in this process, with the plain classes (no Ray, no driver loop)."""
     import torch
 
     from actors.generator import RolloutGenerator
     from actors.judge import PreferenceJudge
     from actors.learner import Learner
+    from actors.remote import LocalCluster
     from framework.algorithms import get_algorithm
-    from framework.driver import iteration_seed
-    from framework.records import Comparison
+    from framework.driver import Roles, iteration_seed, judge_rollouts
     from framework.warmstart import prepare_policy
     from games.tasks import get_task
 
-    task = get_task(cfg.task.name, turns=cfg.task.turns)
+    task = get_task(**dataclasses.asdict(cfg.task))
     path = prepare_policy(cfg, task, progress=False)
     gen = RolloutGenerator(model_path=path, max_new_tokens=cfg.model.max_new_tokens, threads=threads)
     learner = Learner(model_path=path, lr=cfg.algo.lr, threads=threads, seed=cfg.seed)
     judge = PreferenceJudge(kind="rule", task=task)
+    roles = Roles(LocalCluster(), [gen], None, judge, [learner], gen.pad_id())
     algo = get_algorithm(cfg.algo.name)
     torch.set_num_threads(threads)
     times = {"generate": [], "train": [], "iteration": []}
@@ -65,19 +67,7 @@ def bare_loop(cfg, threads: int) -> dict:
         episodes = task.episodes("train", cfg.train.conversations, iteration_seed(cfg.seed, t))
         rollouts = gen.rollout(episodes, k=cfg.algo.k, iteration=t, seed=iteration_seed(cfg.seed, t) * 10)
         g = time.perf_counter()
-        groups: dict = {}
-        for r in rollouts:
-            groups.setdefault((r.conversation_id, r.turn), []).append(r)
-        keys, conv, a, b = [], [], [], []
-        for (cid, turn), rs in groups.items():
-            for i in range(len(rs)):
-                for j in range(i + 1, len(rs)):
-                    keys.append((cid, turn, i, j))
-                    conv.append(rs[i].state)
-                    a.append(rs[i].response)
-                    b.append(rs[j].response)
-        probs = judge.compare(conv, a, b)
-        comparisons = [Comparison(c, h, t, i, j, p, "rule") for (c, h, i, j), p in zip(keys, probs)]
+        comparisons = judge_rollouts(roles, rollouts, t, "rule")  # in-process: a LocalCluster
         batch = algo.build_batch(rollouts, comparisons, keep=cfg.algo.keep, pad_id=gen.pad_id())
         u = time.perf_counter()
         learner.train(batch, algorithm=cfg.algo.name, eta=cfg.algo.eta, epochs=cfg.algo.epochs,

@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import os
+import shutil
 import time
 from collections import deque
 from contextlib import contextmanager
@@ -61,7 +63,7 @@ def iteration_seed(seed: int, iteration: int) -> int:
 # --- building the roles ------------------------------------------------------------------------
 def build_roles(cfg: Config, task, policy_path: str, cluster) -> Roles:
     p = cfg.pipeline
-    n_cpu = max(1, (p.num_cpus or __import__("os").cpu_count() or 1))
+    n_cpu = max(1, p.num_cpus or os.cpu_count() or 1)
     pin_gen = pin_learn = None
     if p.placement == "disaggregated":  # generators on the first cores, learners on the rest
         cores = list(range(n_cpu))
@@ -120,8 +122,9 @@ def judge_rollouts(roles: Roles, rollouts: list[Rollout], iteration: int, judge_
     conversations, a, b, keys = [], [], [], []
     for (cid, turn), rs in states.items():
         rs.sort(key=lambda r: r.sample)
+        state = rs[0].state  # parsed once; every sample of the group shares it
         for i, j in itertools.combinations(range(len(rs)), 2):
-            conversations.append(rs[i].state)
+            conversations.append(state)
             a.append(rs[i].response)
             b.append(rs[j].response)
             keys.append((cid, turn, rs[i].sample, rs[j].sample))
@@ -189,7 +192,6 @@ def save_checkpoint(roles: Roles, run_dir: Path, iteration: int, version: int, c
     ckpt.finalize(tmp, out)
     periodic = sorted((run_dir / "checkpoints").glob("iter_*"))
     for old in periodic[:-keep] if keep > 0 else []:
-        import shutil
         shutil.rmtree(old)
     return out
 
@@ -205,8 +207,7 @@ def run_selfplay(cfg: Config, run_dir: Path, *, progress: bool = True) -> dict:
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    task = get_task(cfg.task.name, turns=cfg.task.turns, margins=tuple(cfg.task.margins),
-                    correctness_weight=cfg.task.correctness_weight)
+    task = get_task(**dataclasses.asdict(cfg.task))
     algo = get_algorithm(cfg.algo.name)
     policy_path = prepare_policy(cfg, task, progress=progress)
     cluster = make_cluster(use_ray=cfg.pipeline.ray, num_cpus=cfg.pipeline.num_cpus,

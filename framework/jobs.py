@@ -77,6 +77,8 @@ def experiment_changes(saved: "Config", new: "Config") -> list[str]:
 
 def preflight_selfplay(cfg: "Config", run_dir: Path) -> None:
     """Checks that fail fast, before anything is written to the run directory."""
+    import dataclasses
+
     from framework.checkpoint import latest_checkpoint
     from framework.config import load_config
     from framework.errors import InputError
@@ -96,8 +98,7 @@ def preflight_selfplay(cfg: "Config", run_dir: Path) -> None:
         raise InputError(f"{run_dir} already holds a run; pass resume=true or choose another --run-dir")
     if cfg.model.path:
         check_model_path(cfg.model.path)
-    task = get_task(cfg.task.name, turns=cfg.task.turns, margins=tuple(cfg.task.margins),
-                    correctness_weight=cfg.task.correctness_weight)
+    task = get_task(**dataclasses.asdict(cfg.task))
     build_judge(cfg.judge.kind, task=task, target=cfg.judge.target, kwargs=dict(cfg.judge.kwargs))
 
 

@@ -54,14 +54,12 @@ def prepare_policy(cfg: Config, task, *, progress: bool = True) -> str:
 def _sft(base: str, task, w, seed: int, out: Path, progress: bool) -> None:
     import os
 
-    import torch
     from tqdm.auto import tqdm
 
     from actors.learner import Learner
     from framework.algorithms import collate
 
-    learner = Learner(model_path=base, lr=w.lr, threads=max(1, torch.get_num_threads(), os.cpu_count() or 1),
-                      seed=seed)
+    learner = Learner(model_path=base, lr=w.lr, threads=os.cpu_count() or 1, seed=seed)
     prompts, responses = sft_pairs(learner.tokenizer, task.demonstrations(w.demonstrations, seed))
     rng = np.random.default_rng([seed, 7])
     pad = learner.tokenizer.pad_token_id

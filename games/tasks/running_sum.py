@@ -177,8 +177,9 @@ class RunningSumJudge:
 
     antisymmetric = True  # P(a ≻ b) + P(b ≻ a) = 1 exactly: no symmetrisation needed
 
-    def __init__(self, margins=(0.1, 0.2, 0.4), correctness_weight=0.7, turns=3):
-        self.task = RunningSumTask(turns=turns, margins=tuple(margins), correctness_weight=correctness_weight)
+    def __init__(self, margins=(0.1, 0.2, 0.4), correctness_weight=0.7):
+        # classify() reads the running total from the conversation; the horizon does not matter
+        self.task = RunningSumTask(margins=tuple(margins), correctness_weight=correctness_weight)
         self.P = self.task.class_matrix
 
     def compare(self, conversations: list[Conversation], a: list[str], b: list[str]) -> list[float]:
