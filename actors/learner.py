@@ -57,9 +57,10 @@ class Learner:
         self.optimizer.step()
         return float(norm)
 
-    def train(self, batch: TrainBatch, *, algorithm: str, eta: float, epochs: int = 1,
+    def train(self, batch: TrainBatch, *, algorithm: str, eta: float, tau: float = 0.0, epochs: int = 1,
               minibatches: int = 1) -> dict:
-        """``epochs`` passes over this worker's shard in ``minibatches`` optimizer steps each.
+        """``epochs`` passes over this worker's shard in ``minibatches`` optimizer steps each
+        (minibatches hold whole examples: a conversation's turns or a pair stay together).
 
         ρ is measured against the policy that generated the samples (the generator's log-probs),
         as PPO measures its ratio against the behaviour policy: with async generation one version
@@ -69,20 +70,25 @@ class Learner:
         """
         start = time.perf_counter()
         algo = get_algorithm(algorithm)
+        examples = len(torch.unique(batch.example))
+        if examples == 0:  # e.g. every pair tied: nothing to learn from, the policy stays
+            self.version += 1
+            return {"loss": 0.0, "grad_norm": 0.0, "rho_mean": 0.0, "behaviour_gap": 0.0, "examples": 0,
+                    "version": self.version, "train_seconds": time.perf_counter() - start}
         with torch.no_grad():
             behaviour_gap = float((self._logp(batch) - batch.logp_old).mean())
         losses, norms = [], []
         for _ in range(epochs):
-            for idx in torch.arange(len(batch)).tensor_split(minibatches):
-                mb = batch.rows(idx)
-                loss = algo.loss(batch=mb, logp=self._logp(mb), eta=eta).mean()
+            for mb in batch.shard(minibatches):
+                loss = algo.loss(batch=mb, logp=self._logp(mb), eta=eta, tau=tau).mean()
                 norms.append(self._step(loss))
                 losses.append(float(loss.detach()))
         self.version += 1
         with torch.no_grad():
             rho = self._logp(batch) - batch.logp_old
         return {"loss": sum(losses) / len(losses), "grad_norm": sum(norms) / len(norms),
-                "rho_mean": float(rho.mean()), "behaviour_gap": behaviour_gap, "version": self.version,
+                "rho_mean": float(rho.mean()), "behaviour_gap": behaviour_gap, "examples": examples,
+                "version": self.version,
                 "train_seconds": time.perf_counter() - start}
 
     def sft_step(self, batch: TrainBatch) -> float:

@@ -73,6 +73,45 @@ def _report(args) -> None:
     print(f"wrote {write_report(Path(args.run_dir))}")
 
 
+def _eval(args) -> None:
+    import json
+
+    from framework.config import load_config
+    from framework.driver import evaluate_policy
+    from framework.models import check_model_path
+
+    target = Path(args.target)
+    run_dir = target if (target / "config.yaml").exists() else None
+    if run_dir is not None:
+        summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
+        policy = summary.get("final_policy") or str(run_dir / "checkpoints" / "final" / "policy")
+        reference = args.reference or summary.get("init_policy")
+        config = args.config or run_dir / "config.yaml"
+    else:
+        policy, reference, config = str(target), args.reference, args.config
+    if not reference:
+        raise InputError("eval: no reference policy known for this target; pass --reference PATH")
+    # a checkpoint (or cached warm start) directory holds its policy under policy/
+    policy, reference = (str(Path(p) / "policy") if (Path(p) / "policy" / "config.json").exists() else str(p)
+                         for p in (policy, reference))
+    check_model_path(policy, "eval target")
+    check_model_path(reference, "--reference")
+    cfg = load_config(config, args.overrides)
+    report = evaluate_policy(cfg, policy, reference, conversations=args.conversations, samples=args.samples,
+                             seed=args.seed)
+    out = Path(args.out) if args.out else (run_dir or target) / "eval.json"
+    out.write_text(json.dumps(report, indent=1))
+    if run_dir is not None and (run_dir / "metrics.jsonl").exists():
+        from framework.report import write_report
+
+        write_report(run_dir)
+    line = f"win rate vs reference {report['win_rate_vs_reference']:.3f} ± {report['win_rate_ci95']:.3f}"
+    if "exploitability" in report:
+        line += f", exploitability {report['exploitability']:.3f}"
+    print(f"{line} ({report['states']} held-out states × {report['samples_per_state']} samples)")
+    print(f"wrote {out}")
+
+
 def _add_lab_common(p, *, algo_help: str) -> None:
     from framework.tabular import DEFAULT_ETA
 
@@ -100,6 +139,21 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Write report.md and PNG plots from RUN_DIR/metrics.jsonl.")
     rep.add_argument("run_dir", help="a run directory written by `alignplay run`")
     rep.set_defaults(func=_report)
+
+    ev = sub.add_parser("eval", help="win rate vs a reference policy and exploitability of a policy",
+                        description="Judge the final policy of RUN_DIR (or a checkpoint / policy directory) "
+                                    "against a reference policy (default: the run's warm start) on held-out "
+                                    "states: win rate with its 95%% interval and the task's exploitability "
+                                    "estimate, written to eval.json (and the run's report).")
+    ev.add_argument("target", help="a run directory, a checkpoint directory or a policy directory")
+    ev.add_argument("--reference", help="reference policy directory (default: the run's warm start)")
+    ev.add_argument("--config", help="config naming the task and judge (default: the run's config.yaml)")
+    ev.add_argument("--conversations", type=int, default=200, help="held-out conversations (default 200)")
+    ev.add_argument("--samples", type=int, default=4, help="samples per state (default 4)")
+    ev.add_argument("--seed", type=int, default=1, help="seed of the held-out states and sampling (default 1)")
+    ev.add_argument("--out", help="output JSON (default TARGET/eval.json)")
+    ev.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (e.g. judge.kind=...)")
+    ev.set_defaults(func=_eval)
 
     labp = sub.add_parser("lab", help="exact game lab: tabular MPO/OMPO on known games")
     lab_sub = labp.add_subparsers(dest="game", required=True, metavar="GAME")
@@ -129,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         # Overrides may follow options (`run CONFIG --run-dir D quick=true`): argparse hands them
         # back as extras, which are overrides only for `run`.
         args, extra = parser.parse_known_args(argv)
-        if extra and (args.command != "run" or any(e.startswith("-") or "=" not in e for e in extra)):
+        if extra and (args.command not in ("run", "eval") or any(e.startswith("-") or "=" not in e for e in extra)):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         if extra:
             args.overrides = [*args.overrides, *extra]

@@ -92,6 +92,8 @@ class TaskConfig:
     """Weight w of the transitive (correctness) part of the rule judge."""
     margins: tuple[float, float, float] = (0.1, 0.2, 0.4)
     """Margins of the non-transitive style cycle."""
+    path: Optional[str] = None
+    """``mtbench101``: the MT-Bench-101-format JSONL file of dialogues."""
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,9 @@ class AlgoConfig:
     name: str = "mpo"
     """Algorithm (registered in framework/algorithms)."""
     eta: float = 5.0
-    """Mirror-descent step size η of π_{t+1} ∝ π_t exp(η Q) (β = 1/η in DPO-style codes)."""
+    """Step size η of π_{t+1} ∝ π_t exp(η Q), for every method: DPO's β and IPO's τ are 1/η."""
+    tau: float = 0.0
+    """OMPO's optimism offset τ in η (2 Q̂ᵗ − Q̂ᵗ⁻¹ − τ) (the paper uses 0); other methods ignore it."""
     k: int = 4
     """Sampled answers per visited state."""
     keep: str = "all"
@@ -134,6 +138,10 @@ class AlgoConfig:
     """Optimizer steps per pass."""
 
     def __post_init__(self):
+        from framework.algorithms import algorithm_names
+
+        if self.name not in algorithm_names():
+            raise ConfigError("name", f"unknown algorithm {self.name!r}; choose from {algorithm_names()}")
         if not self.eta > 0:
             raise ConfigError("eta", f"must be > 0, got {self.eta}")
         if self.k < 2:
@@ -209,6 +217,9 @@ class TrainConfig:
     """Policy updates."""
     conversations: int = 64
     """Training conversations played per iteration (each turn branches K answers)."""
+    fixed_prompts: bool = False
+    """Play the same training conversations every iteration (OMPO's previous-iterate answers
+    then exist for the same states, as in the paper) instead of fresh ones."""
 
     def __post_init__(self):
         if self.iterations < 1 or self.conversations < 1:
@@ -242,11 +253,39 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True)
+class CompareConfig:
+    """``job: compare``: every method on the same task, budget and seeds (``framework.compare``)."""
+
+    methods: tuple[str, ...] = ("sft", "dpo", "ipo", "sppo", "step_dpo", "mpo", "ompo")
+    """``sft`` (the warm start itself) and registered algorithm names."""
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """One run per method and seed."""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """Per method, a list of ``key=value`` overrides of the shared config (e.g. its step size)."""
+
+    def __post_init__(self):
+        from framework.algorithms import algorithm_names
+
+        known = ["sft", *algorithm_names()]
+        for m in self.methods:
+            if m not in known:
+                raise ConfigError("methods", f"unknown method {m!r}; choose from {known}")
+        if not self.methods or not self.seeds:
+            raise ConfigError("methods", "at least one method and one seed are required")
+        for m, over in self.overrides.items():
+            if m not in known:
+                raise ConfigError(f"overrides.{m}", f"unknown method {m!r}; choose from {known}")
+            if not isinstance(over, (list, tuple)) or not all(isinstance(o, str) and "=" in o for o in over):
+                raise ConfigError(f"overrides.{m}", f"expected a list of 'key=value' strings, got {over!r}")
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything ``alignplay run`` needs."""
 
     job: str = "selfplay"
-    """What to run: ``selfplay`` (the Ray pipeline) or ``lab`` (the exact game lab)."""
+    """What to run: ``selfplay`` (the Ray pipeline), ``compare`` (methods side by side) or ``lab``
+    (the exact game lab)."""
     seed: int = 0
     """Seed of every random choice of the run."""
     quick: bool = False
@@ -265,6 +304,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
 
     def __post_init__(self):
         from framework.jobs import JOBS
@@ -276,7 +316,7 @@ class Config:
 
 
 #: What ``quick=true`` changes: small enough for a smoke run of every example (< 3 min here).
-QUICK = {"lab.iters": 300, "lab.markov_games": 2, "train.iterations": 12, "warm_start.steps": 300,
+QUICK = {"compare.seeds": [0], "lab.iters": 300, "lab.markov_games": 2, "train.iterations": 12, "warm_start.steps": 300,
          "eval.every": 6, "eval.conversations": 20, "eval.final_conversations": 40, "checkpoint.every": 6}
 
 
@@ -337,6 +377,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         key = getattr(e, "full_key", None)
         msg = getattr(e, "msg", None) or _first_line(e)
         raise ConfigError(key or "", _first_line(Exception(msg))) from None
+    return _build(Config, data, "")
+
+
+def with_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """A copy of ``cfg`` with ``key=value`` overrides, validated like a loaded config."""
+    schema = OmegaConf.structured(Config)
+    try:
+        merged = OmegaConf.merge(schema, OmegaConf.create(to_yaml(cfg)), _parse_overrides(list(overrides)))
+        data = OmegaConf.to_container(merged, resolve=True)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None)
+        raise ConfigError(key or "", _first_line(Exception(getattr(e, "msg", None) or _first_line(e)))) from None
     return _build(Config, data, "")
 
 

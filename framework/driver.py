@@ -24,6 +24,7 @@ import numpy as np
 
 from framework import checkpoint as ckpt
 from framework.algorithms import get_algorithm
+from framework.algorithms.ompo import OptimisticCache
 from framework.config import Config
 from framework.errors import AlignplayError, InputError
 from framework.evaluation import class_counts, win_rate
@@ -106,11 +107,12 @@ def _judge_cls():
 
 
 # --- stages ------------------------------------------------------------------------------------
-def launch_generation(roles: Roles, task, cfg: Config, iteration: int) -> list:
-    episodes = task.episodes("train", cfg.train.conversations, iteration_seed(cfg.seed, iteration))
+def launch_generation(roles: Roles, task, cfg: Config, iteration: int, mode: str = "tree") -> list:
+    prompt_seed = iteration_seed(cfg.seed, 0 if cfg.train.fixed_prompts else iteration)
+    episodes = task.episodes("train", cfg.train.conversations, prompt_seed)
     n = len(roles.generators)
     return [roles.cluster.call(g, "rollout", episodes[i::n], k=cfg.algo.k, iteration=iteration,
-                               seed=iteration_seed(cfg.seed, iteration) * 10 + i)
+                               seed=iteration_seed(cfg.seed, iteration) * 10 + i, mode=mode)
             for i, g in enumerate(roles.generators)]
 
 
@@ -122,9 +124,9 @@ def judge_rollouts(roles: Roles, rollouts: list[Rollout], iteration: int, judge_
     conversations, a, b, keys = [], [], [], []
     for (cid, turn), rs in states.items():
         rs.sort(key=lambda r: r.sample)
-        state = rs[0].state  # parsed once; every sample of the group shares it
+        parsed: dict = {}  # in tree mode every sample shares the state; whole paths each have theirs
         for i, j in itertools.combinations(range(len(rs)), 2):
-            conversations.append(state)
+            conversations.append(parsed.setdefault(rs[i].messages, rs[i].state))
             a.append(rs[i].response)
             b.append(rs[j].response)
             keys.append((cid, turn, rs[i].sample, rs[j].sample))
@@ -135,14 +137,30 @@ def judge_rollouts(roles: Roles, rollouts: list[Rollout], iteration: int, judge_
             for (cid, turn, i, j), p in zip(keys, probs)]
 
 
+def judge_previous(roles: Roles, rollouts: list[Rollout], cache, iteration: int,
+                   judge_name: str) -> list[Comparison]:
+    """Every answer against the previous iterate's answers cached for its state (OMPO)."""
+    pairs = cache.opponents(rollouts)
+    if not pairs:
+        return []
+    parsed: dict = {}
+    conversations = [parsed.setdefault(r.messages, r.state) for r, _, _ in pairs]
+    probs = roles.cluster.get(roles.cluster.call(roles.judge, "compare", conversations,
+                                                 [r.response for r, _, _ in pairs], [t for _, _, t in pairs]))
+    return [Comparison(r.conversation_id, r.turn, iteration, r.sample, j, float(p), judge_name, "previous")
+            for (r, j, _), p in zip(pairs, probs)]
+
+
 def update(roles: Roles, batch, cfg: Config) -> dict:
     shards = batch.shard(len(roles.learners))
     results = roles.cluster.get([
-        roles.cluster.call(learner, "train", shard, algorithm=cfg.algo.name, eta=cfg.algo.eta,
+        roles.cluster.call(learner, "train", shard, algorithm=cfg.algo.name, eta=cfg.algo.eta, tau=cfg.algo.tau,
                            epochs=cfg.algo.epochs, minibatches=cfg.algo.minibatches)
         for learner, shard in zip(roles.learners, shards)
     ])
-    return {k: float(np.mean([r[k] for r in results])) for k in ("loss", "grad_norm", "rho_mean", "behaviour_gap")}
+    out = {k: float(np.mean([r[k] for r in results])) for k in ("loss", "grad_norm", "rho_mean", "behaviour_gap")}
+    out["examples"] = sum(r["examples"] for r in results)
+    return out
 
 
 def sync_weights(roles: Roles, version: int, wait: bool) -> None:
@@ -182,11 +200,14 @@ def write_records(run_dir: Path, iteration: int, fresh: list[Rollout], stale: li
 
 
 def save_checkpoint(roles: Roles, run_dir: Path, iteration: int, version: int, counters: dict, keep: int,
-                    final: bool = False) -> Path:
+                    final: bool = False, cache=None) -> Path:
+    """Policy, optimizer and run state (plus OMPO's previous-iterate answers) in one directory."""
     name = "final" if final else f"iter_{iteration:06d}"
     tmp = run_dir / "checkpoints" / f".{name}.tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     roles.cluster.get(roles.cluster.call(roles.learners[0], "save", str(tmp)))
+    if cache is not None:
+        cache.save(tmp)
     ckpt.write_state(tmp, {"iteration": iteration, "policy_version": version, **counters})
     out = run_dir / "checkpoints" / name
     ckpt.finalize(tmp, out)
@@ -214,14 +235,19 @@ def run_selfplay(cfg: Config, run_dir: Path, *, progress: bool = True) -> dict:
                            concurrent_roles=cfg.pipeline.mode == "async")
     try:
         roles = build_roles(cfg, task, policy_path, cluster)
-        start, version, counters = 0, 0, {"dropped_stale": 0, "samples_total": 0}
+        loop_start = time.perf_counter()
+        start, version, counters = 0, 0, {"dropped_stale": 0, "samples_total": 0, "generated_total": 0}
+        cache = OptimisticCache() if algo.optimistic else None
         metrics_path = run_dir / "metrics.jsonl"
         if cfg.resume:
-            start, version, counters = _resume(roles, run_dir)
+            start, version, counters, latest = _resume(roles, run_dir)
+            if algo.optimistic:
+                cache = OptimisticCache.load(latest)
         eval_states = task.heldout_states(cfg.eval.conversations, cfg.seed)
         final_states = task.heldout_states(cfg.eval.final_conversations, cfg.seed + 1)
         summary_path = run_dir / "summary.json"
         summary = json.loads(summary_path.read_text()) if cfg.resume and summary_path.exists() else {}
+        summary["init_policy"] = str(policy_path)
         if "start" not in summary:
             summary["start"] = evaluate(roles, task, final_states, cfg.eval.samples, seed=cfg.seed)
             summary_path.write_text(json.dumps(summary, indent=1))
@@ -236,14 +262,21 @@ def run_selfplay(cfg: Config, run_dir: Path, *, progress: bool = True) -> dict:
             try:
                 with timed(m, "generate"):
                     while next_launch <= min(t + ahead, cfg.train.iterations - 1):
-                        inflight.append(launch_generation(roles, task, cfg, next_launch))
+                        inflight.append(launch_generation(roles, task, cfg, next_launch, algo.rollout))
                         next_launch += 1
                     rollouts = [r for part in cluster.get(inflight.popleft()) for r in part]
                 with timed(m, "judge"):
-                    comparisons = judge_rollouts(roles, rollouts, t, cfg.judge.target or cfg.judge.kind)
-                with timed(m, "build_batch"):
+                    judge_name = cfg.judge.target or cfg.judge.kind
                     fresh, stale = split_stale(rollouts, version, cfg.pipeline.max_staleness)
+                    comparisons = judge_rollouts(roles, rollouts, t, judge_name)
+                    if cache is not None:
+                        previous = judge_previous(roles, fresh, cache, t, judge_name)
+                        comparisons += previous
+                        m["optimistic_states"] = _share_with_previous(fresh, previous)
+                with timed(m, "build_batch"):
                     batch = algo.build_batch(fresh, comparisons, keep=cfg.algo.keep, pad_id=roles.pad_id)
+                    if cache is not None:
+                        cache.replace(fresh)
                 with timed(m, "update"):
                     m.update(update(roles, batch, cfg))
                     version += 1
@@ -252,21 +285,23 @@ def run_selfplay(cfg: Config, run_dir: Path, *, progress: bool = True) -> dict:
             except AlignplayError:
                 # Stop with a resumable checkpoint: each iteration makes exactly one update, so
                 # `version` iterations are complete (whichever stage failed).
-                save_checkpoint(roles, run_dir, version, version, counters, cfg.checkpoint.keep)
+                save_checkpoint(roles, run_dir, version, version, counters, cfg.checkpoint.keep, cache=cache)
                 raise
             counters["dropped_stale"] += len(stale)
             counters["samples_total"] += len(batch)
+            counters["generated_total"] += len(rollouts)
             ages = [version - 1 - r.policy_version for r in fresh]
             with timed(m, "checkpoint"):
                 if (t + 1) % cfg.checkpoint.every == 0 and t + 1 < cfg.train.iterations:
-                    save_checkpoint(roles, run_dir, t + 1, version, counters, cfg.checkpoint.keep)
+                    save_checkpoint(roles, run_dir, t + 1, version, counters, cfg.checkpoint.keep, cache=cache)
             with timed(m, "evaluate"):
                 if (t + 1) % cfg.eval.every == 0 or t + 1 == cfg.train.iterations:
                     m.update(evaluate(roles, task, eval_states, cfg.eval.samples, seed=cfg.seed + t + 1))
             with timed(m, "log"):
                 write_records(run_dir, t + 1, fresh, stale, comparisons, learner_version=version - 1)
                 elapsed = time.perf_counter() - wall
-                m.update(policy_version=version, samples=len(batch), samples_per_s=len(batch) / elapsed,
+                m.update(policy_version=version, samples=len(batch), generated=len(rollouts),
+                         samples_per_s=len(batch) / elapsed,
                          iteration_s=elapsed, staleness_mean=float(np.mean(ages)) if ages else 0.0,
                          dropped_stale=len(stale), dropped_stale_total=counters["dropped_stale"])
                 m.setdefault("win_rate_vs_init", None)
@@ -279,17 +314,27 @@ def run_selfplay(cfg: Config, run_dir: Path, *, progress: bool = True) -> dict:
         bar.close()
         cluster.get([cluster.call(g, "ping") for g in roles.generators])  # drain queued weight syncs
         final = save_checkpoint(roles, run_dir, cfg.train.iterations, version, counters, cfg.checkpoint.keep,
-                                final=True)
+                                final=True, cache=cache)
         summary["final"] = evaluate(roles, task, final_states, cfg.eval.samples, seed=cfg.seed + 10**6)
         summary["final_policy"] = str(final / "policy")
         summary["iterations"] = cfg.train.iterations
+        summary["samples_generated"] = counters["generated_total"]
+        # seconds of this invocation after the (cached) warm start; a resumed run counts its last part
+        summary["wall_s"] = time.perf_counter() - loop_start
         summary_path.write_text(json.dumps(summary, indent=1))
         return summary
     finally:
         cluster.shutdown()
 
 
-def _resume(roles: Roles, run_dir: Path) -> tuple[int, int, dict]:
+def _share_with_previous(fresh: list[Rollout], previous: list[Comparison]) -> float:
+    """Share of this iteration's states that the previous iterate also visited."""
+    states = {(r.conversation_id, r.turn) for r in fresh}
+    seen = {(c.conversation_id, c.turn) for c in previous}
+    return len(seen) / len(states) if states else 0.0
+
+
+def _resume(roles: Roles, run_dir: Path) -> tuple[int, int, dict, Path]:
     latest = ckpt.latest_checkpoint(run_dir)
     if latest is None:
         raise InputError(f"resume=true but {run_dir} has no checkpoint")
@@ -307,5 +352,33 @@ def _resume(roles: Roles, run_dir: Path) -> tuple[int, int, dict]:
         for shard in (run_dir / folder).glob("iter_*.parquet"):
             if int(shard.stem.split("_")[1]) > iteration:
                 shard.unlink()
-    counters = {k: state[k] for k in ("dropped_stale", "samples_total")}
-    return iteration, version, counters
+    counters = {k: state.get(k, 0) for k in ("dropped_stale", "samples_total", "generated_total")}
+    return iteration, version, counters, latest
+
+
+# --- evaluating a finished policy (``alignplay eval``) -----------------------------------------
+def evaluate_policy(cfg: Config, policy: str, reference: str, *, conversations: int, samples: int,
+                    seed: int) -> dict:
+    """Judge win rate of ``policy`` against ``reference`` on held-out states (95% interval), and
+    the task's exploitability estimate where it has one; in this process, no Ray."""
+    import dataclasses
+
+    from actors.remote import make_cluster
+    from games.tasks import get_task
+
+    task = get_task(**dataclasses.asdict(cfg.task))
+    cluster = make_cluster(use_ray=False)
+    try:
+        make = dict(backend="hf", max_new_tokens=cfg.model.max_new_tokens, threads=os.cpu_count() or 1)
+        current = cluster.spawn(_generator_cls(), cpus=0, model_path=policy, generator_id=0, **make)
+        ref = cluster.spawn(_generator_cls(), cpus=0, model_path=reference, generator_id=-1, **make)
+        judge = cluster.spawn(_judge_cls(), cpus=0, kind=cfg.judge.kind, task=task, target=cfg.judge.target,
+                              kwargs=dict(cfg.judge.kwargs), retries=cfg.judge.retries)
+        roles = Roles(cluster, [current], ref, judge, [], cluster.get(cluster.call(current, "pad_id")))
+        states = task.heldout_states(conversations, seed)
+        out = evaluate(roles, task, states, samples, seed=seed)
+    finally:
+        cluster.shutdown()
+    out["win_rate_vs_reference"] = out.pop("win_rate_vs_init")
+    return {**out, "policy": str(policy), "reference": str(reference), "task": cfg.task.name,
+            "states": len(states), "samples_per_state": samples, "seed": seed}

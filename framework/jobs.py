@@ -56,7 +56,7 @@ def run_selfplay_job(cfg: "Config", run_dir: Path) -> None:
 
 
 #: What defines a self-play experiment: a resumed run must keep these as they were.
-EXPERIMENT_KEYS = ("seed", "model", "task", "warm_start", "algo", "train.conversations")
+EXPERIMENT_KEYS = ("seed", "model", "task", "warm_start", "algo", "train.conversations", "train.fixed_prompts")
 
 
 def experiment_changes(saved: "Config", new: "Config") -> list[str]:
@@ -102,8 +102,27 @@ def preflight_selfplay(cfg: "Config", run_dir: Path) -> None:
     build_judge(cfg.judge.kind, task=task, target=cfg.judge.target, kwargs=dict(cfg.judge.kwargs))
 
 
-JOBS = {"lab": run_lab_job, "selfplay": run_selfplay_job}
-PREFLIGHT = {"selfplay": preflight_selfplay}
+def run_compare_job(cfg: "Config", run_dir: Path) -> None:
+    """Every method of ``compare.methods`` on the same budget and seeds (``framework.compare``)."""
+    from framework.compare import run_compare_job as run
+
+    run(cfg, run_dir)
+
+
+def preflight_compare(cfg: "Config", run_dir: Path) -> None:
+    from framework.compare import method_config
+
+    for method in cfg.compare.methods:
+        if method != "sft":
+            sub = method_config(cfg, method, cfg.compare.seeds[0])
+            if sub.model.path:
+                from framework.models import check_model_path
+
+                check_model_path(sub.model.path)
+
+
+JOBS = {"lab": run_lab_job, "selfplay": run_selfplay_job, "compare": run_compare_job}
+PREFLIGHT = {"selfplay": preflight_selfplay, "compare": preflight_compare}
 
 
 def run_job(cfg: "Config", run_dir: Path) -> None:

@@ -52,3 +52,76 @@ def mpo_loss(*, logp: torch.Tensor, logp_old: torch.Tensor, q_hat: torch.Tensor,
     """
     rho = logp - logp_old
     return (rho - eta * (q_hat - baseline)) ** 2
+
+
+def ompo_loss(*, logp: torch.Tensor, logp_old: torch.Tensor, q_hat: torch.Tensor,
+              q_hat_prev: torch.Tensor, tau: float, eta: float,
+              baseline: torch.Tensor | float = 0.5) -> torch.Tensor:
+    """OMPO's optimistic regression (the OOGD step of Wu et al. 2025):
+
+        ℓ = (ρ_θ(a) − η (2 Q̂⁽ᵗ⁾(s, a) − Q̂⁽ᵗ⁻¹⁾(s, a) − τ − b))².
+
+    Q̂⁽ᵗ⁻¹⁾ is the answer's win rate against the *previous iterate's* answers at the same state;
+    with Q̂⁽ᵗ⁻¹⁾ = Q̂⁽ᵗ⁾ and τ = 0 this is ``mpo_loss``. The baseline b (½ for one-step Q) keeps
+    the target centred like MPO's; it only shifts log π_θ by a per-state constant.
+
+    Args:
+        logp, logp_old: (B,) log π_θ(a|s) (differentiable) and log π_t(a|s) of the sampler.
+        q_hat: (B,) Q̂⁽ᵗ⁾, the win rate against this iterate's own answers.
+        q_hat_prev: (B,) Q̂⁽ᵗ⁻¹⁾, the win rate against the previous iterate's answers.
+        tau: the optimism offset τ (the paper uses 0).
+        eta: step size η > 0.
+    Returns:
+        (B,) per-example losses.
+    """
+    rho = logp - logp_old
+    return (rho - eta * (2 * q_hat - q_hat_prev - tau - baseline)) ** 2
+
+
+def sppo_loss(*, logp: torch.Tensor, logp_old: torch.Tensor, win_rate: torch.Tensor,
+              eta: float) -> torch.Tensor:
+    """SPPO (Wu et al. 2024), the H = 1 form of MPO over whole conversations:
+
+        ℓ = (ρ_θ(y) − η (P̂(y ≻ π_t) − ½))²,
+
+    y the whole conversation's assistant turns (log-probs summed over all of them) and P̂ its
+    estimated win rate against the current policy's conversations.
+
+    Returns:
+        (B,) per-example losses.
+    """
+    return mpo_loss(logp=logp, logp_old=logp_old, q_hat=win_rate, baseline=0.5, eta=eta)
+
+
+def _margin(chosen_logp, rejected_logp, ref_chosen_logp, ref_rejected_logp):
+    return (chosen_logp - ref_chosen_logp) - (rejected_logp - ref_rejected_logp)
+
+
+def dpo_loss(*, chosen_logp: torch.Tensor, rejected_logp: torch.Tensor, ref_chosen_logp: torch.Tensor,
+             ref_rejected_logp: torch.Tensor, beta: float) -> torch.Tensor:
+    """DPO (Rafailov et al. 2023): ℓ = −log σ(β ((log π(y_w) − log π_ref(y_w)) − (log π(y_l) − log π_ref(y_l)))).
+
+    β multiplies the log-ratio: it is 1/η in the mirror-descent notation (η = the step size).
+
+    Args:
+        chosen_logp, rejected_logp: (B,) log π_θ of the preferred / dispreferred response.
+        ref_chosen_logp, ref_rejected_logp: (B,) the same under the reference policy.
+        beta: inverse temperature β > 0.
+    Returns:
+        (B,) per-pair losses.
+    """
+    z = beta * _margin(chosen_logp, rejected_logp, ref_chosen_logp, ref_rejected_logp)
+    return -torch.nn.functional.logsigmoid(z)
+
+
+def ipo_loss(*, chosen_logp: torch.Tensor, rejected_logp: torch.Tensor, ref_chosen_logp: torch.Tensor,
+             ref_rejected_logp: torch.Tensor, tau: float) -> torch.Tensor:
+    """IPO (Azar et al. 2024): ℓ = (h − 1/(2τ))², h the same log-ratio margin as DPO's.
+
+    τ is the KL-regularisation strength (the role of β in DPO); the margin target is 1/(2τ).
+
+    Returns:
+        (B,) per-pair losses.
+    """
+    h = _margin(chosen_logp, rejected_logp, ref_chosen_logp, ref_rejected_logp)
+    return (h - 1.0 / (2.0 * tau)) ** 2

@@ -114,13 +114,13 @@ def build_tiny_model(spec: TinyModelSpec, corpus: list[str], *, seed: int = 0,
     return out
 
 
-def check_model_path(path: str | Path) -> None:
+def check_model_path(path: str | Path, field: str = "model.path") -> None:
     """A local path must exist; anything else must look like a hub id (``org/name``)."""
     local = Path(path).expanduser()
     if not local.exists() and (str(path).startswith((".", "/", "~")) or str(path).count("/") > 1):
-        raise InputError(f"model.path: {path} does not exist")
+        raise InputError(f"{field}: {path} does not exist")
     if local.exists() and not (local / "config.json").exists():
-        raise InputError(f"model.path: {path} has no config.json (not a Hugging Face model directory)")
+        raise InputError(f"{field}: {path} has no config.json (not a Hugging Face model directory)")
 
 
 def load_policy(path: str | Path, *, dtype: str = "float32"):

@@ -54,6 +54,9 @@ class Comparison:
     b: int
     probability: float
     judge: str
+    # "self": b is a sample of this iteration at the state; "previous": b indexes the previous
+    # iterate's answers cached for the same state (OMPO)
+    opponent: str = "self"
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,11 @@ class TrainBatch:
     q_hat: torch.Tensor  # (B,) Q estimate
     baseline: torch.Tensor  # (B,) baseline b
     policy_version: torch.Tensor  # (B,) version that sampled each row
+    # A training example is one or more rows: a whole conversation is its turns' rows, a
+    # preference pair its chosen (side 0) and rejected (side 1) rows. Losses are per example.
+    example: torch.Tensor  # (B,) index of the example each row belongs to
+    side: torch.Tensor  # (B,) 0 = the example's (chosen) response, 1 = its rejected one
+    q_hat_prev: torch.Tensor  # (B,) OMPO: win rate against the previous iterate's answers
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -75,8 +83,25 @@ class TrainBatch:
         return TrainBatch(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 
     def shard(self, n: int) -> list["TrainBatch"]:
-        """Split rows into ``n`` nearly equal shards (data-parallel learners)."""
-        return [self.rows(idx) for idx in torch.arange(len(self)).tensor_split(n)]
+        """Split into ``n`` nearly equal shards of whole examples (data-parallel learners, minibatches)."""
+        examples = torch.unique(self.example)
+        return [self.rows(torch.isin(self.example, part)) for part in examples.tensor_split(n)]
+
+    def per_example(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sums of a per-row quantity over each example's side-0 and side-1 rows: (E,), (E,).
+
+        Examples are ordered by their index; a side with no rows sums to 0.
+        """
+        _, inverse = torch.unique(self.example, return_inverse=True)
+        n = int(inverse.max()) + 1 if len(inverse) else 0
+        out = values.new_zeros((2, n)).index_put((self.side, inverse), values, accumulate=True)
+        return out[0], out[1]
+
+    def first_of_example(self, values: torch.Tensor) -> torch.Tensor:
+        """A per-example quantity stored on every row of the example: (E,), ordered like ``per_example``."""
+        _, inverse = torch.unique(self.example, return_inverse=True)
+        n = int(inverse.max()) + 1 if len(inverse) else 0
+        return values.new_zeros(n).index_put((inverse,), values)
 
 
 def _schema(cls):

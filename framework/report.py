@@ -68,6 +68,14 @@ def write_report(run_dir: Path) -> Path:
                          f"{s.get('exploitability', float('nan')):.3f} | {s.get('correct', float('nan')):.3f} |")
         lines += ["", f"Final policy (loads with `AutoModelForCausalLM.from_pretrained`): "
                       f"`{summary.get('final_policy', '')}`", ""]
+    eval_path = run_dir / "eval.json"
+    if eval_path.exists():  # written by `alignplay eval`
+        e = json.loads(eval_path.read_text())
+        lines += ["## Evaluation (`alignplay eval`)", "",
+                  f"`{e['policy']}` against `{e['reference']}` on {e['states']} held-out states × "
+                  f"{e['samples_per_state']} samples: win rate {e['win_rate_vs_reference']:.3f} ± "
+                  f"{e['win_rate_ci95']:.3f} (95%)"
+                  + (f", exploitability {e['exploitability']:.3f}" if "exploitability" in e else "") + ".", ""]
     total = sum(r.get("iteration_s", 0.0) for r in rows)
     lines += ["## Where the time goes", "", "| stage | seconds | share |", "|---|---|---|"]
     for stage in STAGES:

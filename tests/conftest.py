@@ -5,6 +5,9 @@ from pathlib import Path
 
 import pytest
 
+# The vLLM lane runs in its own venv (`make test-vllm` runs `pytest tests/vllm` explicitly).
+collect_ignore = ["vllm"]
+
 
 @pytest.fixture(scope="session")
 def ray_session():
@@ -38,3 +41,18 @@ def tiny_policy(cache_dir, task) -> str:
 
     cfg = load_config(None, [f"cache_dir={cache_dir}", "task.turns=2", "warm_start.steps=150"])
     return prepare_policy(cfg, task, progress=False)
+
+
+#: A small self-play experiment that reuses ``tiny_policy``'s cached warm start.
+SMALL = ["task.turns=2", "warm_start.steps=150", "train.conversations=6", "algo.k=3",
+         "eval.conversations=4", "eval.final_conversations=6", "eval.samples=2"]
+
+
+@pytest.fixture
+def small_config(cache_dir):
+    from framework.config import load_config
+
+    def make(*extra, path=None):
+        return load_config(path, [f"cache_dir={cache_dir}", *SMALL, *extra])
+
+    return make

