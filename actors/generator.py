@@ -63,36 +63,45 @@ class RolloutGenerator:
         ``tree``: at each turn draw K answers and continue with the first; sample 0 is a draw from
         the policy, so the visited states follow the policy's occupancy. ``paths``: K whole
         conversations, each continuing with its own answers (sample k is path k at every turn).
+        ``branches``: ``tree``, and every other answer k of turn h is also continued to the end
+        with one answer per turn (``branch_of = h``), for Monte-Carlo multi-turn Q (branch 0's
+        continuation is the main line itself).
         """
-        if mode not in ("tree", "paths"):
-            raise ValueError(f"rollout mode must be 'tree' or 'paths', got {mode!r}")
+        if mode not in ("tree", "paths", "branches"):
+            raise ValueError(f"rollout mode must be 'tree', 'paths' or 'branches', got {mode!r}")
         by_id = {e.conversation_id: e for e in episodes}
-        branches = 1 if mode == "tree" else k
-        # (conversation, path) → state; in tree mode path 0 carries the conversation
-        states = {(e.conversation_id, p): e.start() for e in episodes for p in range(branches)}
+        # threads: (conversation, branch_of, sample) → state; the main line is (cid, -1, 0)
+        threads = {(e.conversation_id, -1, 0): e.start() for e in episodes}
         out, turn = [], 0
-        while states:
-            keys = list(states)
-            prompts = [self.encode(states[key]) for key in keys]
-            draws = k if mode == "tree" else (1 if turn > 0 else k)
-            if mode == "paths" and turn == 0:  # K first answers per conversation, one per path
-                unique = [key for key in keys if key[1] == 0]
-                groups = self.backend.generate([prompts[keys.index(key)] for key in unique], k=k,
-                                               seed=seed * 1000 + turn)
-                samples = {(cid, p): [group[p]] for (cid, _), group in zip(unique, groups) for p in range(k)}
-            else:
-                groups = self.backend.generate(prompts, k=draws, seed=seed * 1000 + turn)
-                samples = dict(zip(keys, groups))
+        while threads:
+            keys = list(threads)
+            prompts = {key: self.encode(threads[key]) for key in keys}
+            fans = [key for key in keys if key[1] == -1 and (mode != "paths" or turn == 0)]
+            singles = [key for key in keys if key not in set(fans)]
+            drawn = {}
+            for group, draws, offset in ((fans, k, 0), (singles, 1, 500)):
+                if group:
+                    results = self.backend.generate([prompts[key] for key in group], k=draws,
+                                                    seed=seed * 1000 + turn + offset)
+                    drawn.update(zip(group, results))
             nxt = {}
-            for key, prompt in zip(keys, prompts):
-                cid, path = key
-                group = samples[key]
-                state_json = json.dumps(states[key])
+            for key in keys:
+                cid, branch_of, sample = key
+                state, group = threads[key], drawn[key]
+                state_json = json.dumps(state)
                 for j, s in enumerate(group):
-                    out.append(Rollout(cid, turn, j if mode == "tree" else path, iteration, state_json, prompt,
-                                       s.token_ids, s.logprobs, s.text, self.version, self.generator_id))
-                following = by_id[cid].advance(states[key], group[0].text)
-                if following is not None:
-                    nxt[key] = following
-            states, turn = nxt, turn + 1
+                    label = sample if len(group) == 1 else j
+                    out.append(Rollout(cid, turn, label, iteration, state_json, prompts[key], s.token_ids,
+                                       s.logprobs, s.text, self.version, self.generator_id, branch_of=branch_of))
+                if mode == "paths" and len(group) > 1:  # the K first answers start K paths
+                    continuing = {(cid, -1, j): s.text for j, s in enumerate(group)}
+                elif mode == "branches" and len(group) > 1:  # the main line, and K − 1 branches from here
+                    continuing = {key: group[0].text, **{(cid, turn, j): group[j].text for j in range(1, len(group))}}
+                else:
+                    continuing = {key: group[0].text}
+                for new_key, text in continuing.items():
+                    following = by_id[cid].advance(state, text)
+                    if following is not None:
+                        nxt[new_key] = following
+            threads, turn = nxt, turn + 1
         return out

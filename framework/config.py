@@ -126,6 +126,10 @@ class AlgoConfig:
     """Step size η of π_{t+1} ∝ π_t exp(η Q), for every method: DPO's β and IPO's τ are 1/η."""
     tau: float = 0.0
     """OMPO's optimism offset τ in η (2 Q̂ᵗ − Q̂ᵗ⁻¹ − τ) (the paper uses 0); other methods ignore it."""
+    q: str = "one_step"
+    """MPO's Q estimate: ``one_step`` (the paper's default: the answer's win rate at its turn),
+    ``monte_carlo`` (every answer continued to the end with π_t, per-turn win rates summed,
+    baseline (H − h + 1)/2) or ``terminal`` (the win rate at the conversation's last turn only)."""
     k: int = 4
     """Sampled answers per visited state."""
     keep: str = "all"
@@ -144,6 +148,10 @@ class AlgoConfig:
             raise ConfigError("name", f"unknown algorithm {self.name!r}; choose from {algorithm_names()}")
         if not self.eta > 0:
             raise ConfigError("eta", f"must be > 0, got {self.eta}")
+        if self.q not in ("one_step", "monte_carlo", "terminal"):
+            raise ConfigError("q", f"must be 'one_step', 'monte_carlo' or 'terminal', got {self.q!r}")
+        if self.q != "one_step" and self.name != "mpo":
+            raise ConfigError("q", f"multi-turn Q estimates are implemented for mpo, not {self.name!r}")
         if self.k < 2:
             raise ConfigError("k", f"must be ≥ 2 (Q̂ compares samples), got {self.k}")
         if self.keep not in ("all", "best_worst"):

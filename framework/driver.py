@@ -117,24 +117,31 @@ def launch_generation(roles: Roles, task, cfg: Config, iteration: int, mode: str
 
 
 def judge_rollouts(roles: Roles, rollouts: list[Rollout], iteration: int, judge_name: str) -> list[Comparison]:
-    """All K(K−1)/2 pairs at every visited state, in one call to the judge."""
+    """All K(K−1)/2 pairs at every visited state, in one call to the judge.
+
+    With continued branches (Monte-Carlo Q) the continuations of turn h's answers are also
+    compared at each later turn, branch 0 being the main line (its sample 0 there).
+    """
     states: dict = {}
     for r in rollouts:
-        states.setdefault((r.conversation_id, r.turn), []).append(r)
+        states.setdefault((r.conversation_id, r.turn, r.branch_of), []).append(r)
+    for (cid, turn, branch_of), rs in list(states.items()):
+        if branch_of >= 0:
+            rs += [r for r in states.get((cid, turn, -1), []) if r.sample == 0]
     conversations, a, b, keys = [], [], [], []
-    for (cid, turn), rs in states.items():
+    for (cid, turn, branch_of), rs in states.items():
         rs.sort(key=lambda r: r.sample)
         parsed: dict = {}  # in tree mode every sample shares the state; whole paths each have theirs
         for i, j in itertools.combinations(range(len(rs)), 2):
             conversations.append(parsed.setdefault(rs[i].messages, rs[i].state))
             a.append(rs[i].response)
             b.append(rs[j].response)
-            keys.append((cid, turn, rs[i].sample, rs[j].sample))
+            keys.append((cid, turn, branch_of, rs[i].sample, rs[j].sample))
     if not keys:
         return []
     probs = roles.cluster.get(roles.cluster.call(roles.judge, "compare", conversations, a, b))
-    return [Comparison(cid, turn, iteration, i, j, float(p), judge_name)
-            for (cid, turn, i, j), p in zip(keys, probs)]
+    return [Comparison(cid, turn, iteration, i, j, float(p), judge_name, branch_of=branch_of)
+            for (cid, turn, branch_of, i, j), p in zip(keys, probs)]
 
 
 def judge_previous(roles: Roles, rollouts: list[Rollout], cache, iteration: int,
@@ -262,7 +269,8 @@ def run_selfplay(cfg: Config, run_dir: Path, *, progress: bool = True) -> dict:
             try:
                 with timed(m, "generate"):
                     while next_launch <= min(t + ahead, cfg.train.iterations - 1):
-                        inflight.append(launch_generation(roles, task, cfg, next_launch, algo.rollout))
+                        inflight.append(launch_generation(roles, task, cfg, next_launch,
+                                                          algo.rollout_mode(cfg.algo.q)))
                         next_launch += 1
                     rollouts = [r for part in cluster.get(inflight.popleft()) for r in part]
                 with timed(m, "judge"):
@@ -274,7 +282,8 @@ def run_selfplay(cfg: Config, run_dir: Path, *, progress: bool = True) -> dict:
                         comparisons += previous
                         m["optimistic_states"] = _share_with_previous(fresh, previous)
                 with timed(m, "build_batch"):
-                    batch = algo.build_batch(fresh, comparisons, keep=cfg.algo.keep, pad_id=roles.pad_id)
+                    options = {name: getattr(cfg.algo, name) for name in algo.options}
+                    batch = algo.build_batch(fresh, comparisons, keep=cfg.algo.keep, pad_id=roles.pad_id, **options)
                     if cache is not None:
                         cache.replace(fresh)
                 with timed(m, "update"):

@@ -33,6 +33,9 @@ class Rollout:
     generator: int  # which generator actor
     learner_version: int = -1  # learner version when consumed (filled by the driver)
     stale: bool = False  # dropped for being older than max_staleness
+    # -1: an answer drawn at its own state (what the learner trains on); h ≥ 0: one answer of the
+    # continuation of answer `sample` of turn h to the end of the conversation (Monte-Carlo Q)
+    branch_of: int = -1
 
     @property
     def state(self) -> list[dict]:
@@ -57,6 +60,8 @@ class Comparison:
     # "self": b is a sample of this iteration at the state; "previous": b indexes the previous
     # iterate's answers cached for the same state (OMPO)
     opponent: str = "self"
+    # h ≥ 0: a and b are the continuations (at this turn) of answers a and b of turn h
+    branch_of: int = -1
 
 
 @dataclass(frozen=True)

@@ -18,14 +18,19 @@ class Algorithm:
     loss: Callable[..., torch.Tensor]  # (*, batch, logp, eta, tau) → (E,) per-example losses
     rollout: str = "tree"  # "tree": K answers branch at every turn; "paths": K whole conversations
     optimistic: bool = False  # also judges answers against the previous iterate's (OMPO)
+    options: tuple[str, ...] = ()  # further ``algo.*`` settings build_batch takes as keywords
+
+    def rollout_mode(self, q: str) -> str:
+        """How the generator plays conversations: Monte-Carlo and terminal Q continue every branch."""
+        return "branches" if q != "one_step" else self.rollout
 
 
 ALGORITHMS: dict[str, Algorithm] = {}
 
 
-def register_algorithm(name: str, *, build_batch, loss, rollout: str = "tree",
-                       optimistic: bool = False) -> Algorithm:
-    ALGORITHMS[name] = Algorithm(name, build_batch, loss, rollout, optimistic)
+def register_algorithm(name: str, *, build_batch, loss, rollout: str = "tree", optimistic: bool = False,
+                       options: tuple[str, ...] = ()) -> Algorithm:
+    ALGORITHMS[name] = Algorithm(name, build_batch, loss, rollout, optimistic, options)
     return ALGORITHMS[name]
 
 

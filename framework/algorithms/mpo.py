@@ -1,10 +1,14 @@
-"""MPO with one-step Q (the paper's experimental default; DESIGN §3).
+"""MPO (DESIGN §3): one-step Q (the paper's experimental default), Monte-Carlo or terminal Q.
 
 For each visited state s_h with K sampled answers a¹..a^K, the judge gives P(a^k ≻ a^k'), and
 
-    Q̂_k = (1/K) Σ_k' P(a^k ≻ a^k'),   baseline ½   (the self-pair counts ½).
+    one_step:     Q̂_k = (1/K) Σ_k' P(a^k ≻ a^k'),   baseline ½   (the self-pair counts ½);
+    monte_carlo:  every answer is continued to the end of the conversation with π_t (one answer
+                  per later turn) and Q̂_k = Σ_{h' ≥ h} (1/K) Σ_k' P(branch k ≻ branch k' at h'),
+                  baseline (H − h + 1)/2;
+    terminal:     only the last turn's comparison of the branches counts, baseline ½.
 
-Kept samples (all K, or the best and worst by Q̂ as in the paper) regress ρ_θ onto η (Q̂ − ½).
+Kept samples (all K, or the best and worst by Q̂ as in the paper) regress ρ_θ onto η (Q̂ − b).
 """
 
 from __future__ import annotations
@@ -49,35 +53,62 @@ def select(q_hat: np.ndarray, keep: str) -> list[int]:
 
 
 def group(rollouts: list[Rollout], comparisons: list[Comparison]):
-    """Rollouts and comparisons of each visited state, keyed by (conversation, turn, iteration)."""
+    """Answers and same-turn comparisons of each visited state, keyed by (conversation, turn,
+    iteration); continuations of branches (``branch_of ≥ 0``) are left out."""
     states: dict = defaultdict(list)
     for r in rollouts:
-        states[(r.conversation_id, r.turn, r.iteration)].append(r)
+        if r.branch_of == -1:
+            states[(r.conversation_id, r.turn, r.iteration)].append(r)
     judged: dict = defaultdict(list)
     for c in comparisons:
-        if c.opponent == "self":
+        if c.opponent == "self" and c.branch_of == -1:
             judged[(c.conversation_id, c.turn, c.iteration)].append(c)
     return [(sorted(rs, key=lambda r: r.sample), judged[key]) for key, rs in states.items()]
 
 
+def branch_q(k: int, h: int, comparisons: list[Comparison], q: str) -> tuple[np.ndarray, float]:
+    """(K,) Q̂ and its baseline for the answers of turn h from the comparisons of their
+    continuations (``branch_of = h``, one group per later turn) and their own turn's matrix."""
+    by_turn: dict = defaultdict(list)
+    for c in comparisons:
+        by_turn[c.turn].append(c)
+    later = sorted(t for t in by_turn if t > h)
+    if q == "terminal":
+        last = later[-1] if later else h
+        return one_step_q(win_matrix(k, by_turn[last])), 0.5
+    total = sum(one_step_q(win_matrix(k, by_turn[t])) for t in [h, *later])
+    return total, (len(later) + 1) / 2
+
+
 def build_batch(rollouts: list[Rollout], comparisons: list[Comparison], *, keep: str = "all",
-                pad_id: int) -> TrainBatch:
-    prompts, responses, logp_old, q_hat, versions = [], [], [], [], []
+                pad_id: int, q: str = "one_step") -> TrainBatch:
+    branches: dict = defaultdict(list)  # (conversation, iteration, h) → comparisons of h's branches
+    for c in comparisons:
+        if c.branch_of >= 0:
+            branches[(c.conversation_id, c.iteration, c.branch_of)].append(c)
+        elif c.opponent == "self":
+            branches[(c.conversation_id, c.iteration, c.turn)].append(c)  # the turn itself
+    prompts, responses, logp_old, q_hat, baselines, versions = [], [], [], [], [], []
     for rs, cs in group(rollouts, comparisons):
-        q = one_step_q(win_matrix(len(rs), cs))
-        for i in select(q, keep):
+        if q == "one_step":
+            qs, b = one_step_q(win_matrix(len(rs), cs)), 0.5
+        else:
+            r0 = rs[0]
+            qs, b = branch_q(len(rs), r0.turn, branches[(r0.conversation_id, r0.iteration, r0.turn)], q)
+        for i in select(qs, keep):
             r = rs[i]
             prompts.append(r.prompt_ids)
             responses.append(r.response_ids)
             logp_old.append(r.logprob)
-            q_hat.append(float(q[i]))
+            q_hat.append(float(qs[i]))
+            baselines.append(b)
             versions.append(r.policy_version)
     return collate(prompts, responses, pad_id=pad_id, logp_old=logp_old, q_hat=q_hat,
-                   baseline=[0.5] * len(q_hat), policy_version=versions)
+                   baseline=baselines, policy_version=versions)
 
 
 def loss(*, batch: TrainBatch, logp, eta: float, tau: float = 0.0):
     return mpo_loss(logp=logp, logp_old=batch.logp_old, q_hat=batch.q_hat, baseline=batch.baseline, eta=eta)
 
 
-register_algorithm("mpo", build_batch=build_batch, loss=loss)
+register_algorithm("mpo", build_batch=build_batch, loss=loss, options=("q",))

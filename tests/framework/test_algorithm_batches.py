@@ -96,3 +96,24 @@ def test_step_dpo_pairs_the_branch_at_each_state_and_skips_ties():
     assert [int(batch.input_ids[i, 2]) for i in range(2)] == [8, 7]
     empty = get_algorithm("step_dpo").build_batch(rs[3:], cs[3:], keep="best_worst", pad_id=0)
     assert len(empty) == 0
+
+
+def test_monte_carlo_and_terminal_q_by_hand():
+    """K = 2 answers at turn 0 of a 3-turn conversation, continued to the end.
+    P(0≻1) at turn 0 = .8; their continuations: .6 at turn 1, .3 at turn 2.
+
+    Monte-Carlo: Q̂ = (.65 + .55 + .4, .35 + .45 + .6) = (1.6, 1.4), baseline (H − h + 1)/2 = 1.5.
+    Terminal: only turn 2 counts: Q̂ = (.4, .6), baseline ½.
+    """
+    rs = [_r(0), _r(1)]
+    cs = [_c(0, 1, 0.8), Comparison("c0", 1, 0, 0, 1, 0.6, "j", branch_of=0),
+          Comparison("c0", 2, 0, 0, 1, 0.3, "j", branch_of=0)]
+    mpo = get_algorithm("mpo")
+    mc = mpo.build_batch(rs, cs, keep="all", pad_id=0, q="monte_carlo")
+    torch.testing.assert_close(mc.q_hat, torch.tensor([1.6, 1.4]))
+    torch.testing.assert_close(mc.baseline, torch.tensor([1.5, 1.5]))
+    terminal = mpo.build_batch(rs, cs, keep="all", pad_id=0, q="terminal")
+    torch.testing.assert_close(terminal.q_hat, torch.tensor([0.4, 0.6]))
+    torch.testing.assert_close(terminal.baseline, torch.tensor([0.5, 0.5]))
+    one_step = mpo.build_batch(rs, cs, keep="all", pad_id=0)  # continuations are ignored
+    torch.testing.assert_close(one_step.q_hat, torch.tensor([0.65, 0.35]))

@@ -172,3 +172,26 @@ def test_split_stale_keeps_samples_within_the_bound():
 
     fresh, stale = split_stale([r(5), r(4), r(3), r(1)], learner_version=5, max_staleness=2)
     assert [x.policy_version for x in fresh] == [5, 4, 3] and [x.policy_version for x in stale] == [1]
+
+
+@pytest.mark.parametrize("q", ["monte_carlo", "terminal"])
+def test_multi_turn_q_continues_every_branch_to_the_end(tiny_policy, cache_dir, tmp_path, q):
+    """2 turns, K = 3: the answers of turn 0 are continued to turn 1 (branch 0 is the main line),
+    and the judge also compares the continuations there."""
+    cfg = small_config(cache_dir, "train.iterations=1", "eval.every=1", "pipeline.mode=sync",
+                       "pipeline.ray=false", f"algo.q={q}")
+    run_selfplay(cfg, tmp_path, progress=False)
+    rollouts = pq.read_table(tmp_path / "rollouts").to_pylist()
+    per_conversation = {}
+    for r in rollouts:
+        per_conversation.setdefault(r["conversation_id"], []).append(r)
+    for rows in per_conversation.values():
+        branches = [r for r in rows if r["branch_of"] == 0]
+        assert len(rows) == 3 + 3 + 2 and [r["turn"] for r in branches] == [1, 1]
+        first = {r["sample"]: r["response"] for r in rows if r["turn"] == 0}
+        for r in branches:  # continuation k starts from answer k of turn 0
+            assert json.loads(r["messages"])[1] == {"role": "assistant", "content": first[r["sample"]]}
+    comparisons = pq.read_table(tmp_path / "comparisons").to_pylist()
+    assert len(comparisons) == 6 * 9  # per conversation 3 pairs at turn 0, 3 at turn 1, 3 between branches
+    assert sum(c["branch_of"] == 0 for c in comparisons) == 6 * 3
+    assert read_metrics(tmp_path)[0]["examples"] == 6 * 2 * 3  # only answers at their own state train
