@@ -66,7 +66,8 @@ class Learner:
         as PPO measures its ratio against the behaviour policy: with async generation one version
         behind, the step is taken from there, which damps overshooting (in our runs anchoring on
         the learner's newer weights instead made correctness swing by ±10 points). In sync mode
-        both anchors are the same; ``behaviour_gap`` reports how far apart they are.
+        both anchors are the same; ``behaviour_gap`` reports how far apart they are (measured on
+        the first minibatch, before the first step). ``rho_mean`` is the mean ρ the last pass saw.
         """
         start = time.perf_counter()
         algo = get_algorithm(algorithm)
@@ -75,21 +76,24 @@ class Learner:
             self.version += 1
             return {"loss": 0.0, "grad_norm": 0.0, "rho_mean": 0.0, "behaviour_gap": 0.0, "examples": 0,
                     "version": self.version, "train_seconds": time.perf_counter() - start}
-        with torch.no_grad():
-            behaviour_gap = float((self._logp(batch) - batch.logp_old).mean())
-        losses, norms = [], []
-        for _ in range(epochs):
-            for mb in batch.shard(minibatches):
-                loss = algo.loss(batch=mb, logp=self._logp(mb), eta=eta, tau=tau).mean()
+        # Diagnostics come from the training forwards (no extra passes over the batch):
+        # behaviour_gap from the first minibatch, before any step; rho_mean over the last pass.
+        losses, norms, rhos, behaviour_gap = [], [], [], 0.0
+        for epoch in range(epochs):
+            for i, mb in enumerate(batch.shard(minibatches)):
+                logp = self._logp(mb)
+                rho = (logp.detach() - mb.logp_old)
+                if epoch == 0 and i == 0:
+                    behaviour_gap = float(rho.mean())
+                if epoch == epochs - 1:
+                    rhos.append(rho)
+                loss = algo.loss(batch=mb, logp=logp, eta=eta, tau=tau).mean()
                 norms.append(self._step(loss))
                 losses.append(float(loss.detach()))
         self.version += 1
-        with torch.no_grad():
-            rho = self._logp(batch) - batch.logp_old
         return {"loss": sum(losses) / len(losses), "grad_norm": sum(norms) / len(norms),
-                "rho_mean": float(rho.mean()), "behaviour_gap": behaviour_gap, "examples": examples,
-                "version": self.version,
-                "train_seconds": time.perf_counter() - start}
+                "rho_mean": float(torch.cat(rhos).mean()), "behaviour_gap": behaviour_gap, "examples": examples,
+                "version": self.version, "train_seconds": time.perf_counter() - start}
 
     def sft_step(self, batch: TrainBatch) -> float:
         """One supervised step on demonstrations (the warm start); returns the loss."""

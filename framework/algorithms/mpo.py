@@ -81,14 +81,16 @@ def branch_q(k: int, h: int, comparisons: list[Comparison], q: str) -> tuple[np.
 
 
 def build_batch(rollouts: list[Rollout], comparisons: list[Comparison], *, keep: str = "all",
-                pad_id: int, q: str = "one_step") -> TrainBatch:
+                pad_id: int, q: str = "one_step", q_prev: dict | None = None) -> TrainBatch:
+    """Kept answers with their Q̂ and baseline; ``q_prev`` (OMPO) maps (conversation, turn,
+    iteration, sample) to Q̂⁽ᵗ⁻¹⁾, answers it lacks taking their own Q̂."""
     branches: dict = defaultdict(list)  # (conversation, iteration, h) → comparisons of h's branches
     for c in comparisons:
         if c.branch_of >= 0:
             branches[(c.conversation_id, c.iteration, c.branch_of)].append(c)
         elif c.opponent == "self":
             branches[(c.conversation_id, c.iteration, c.turn)].append(c)  # the turn itself
-    prompts, responses, logp_old, q_hat, baselines, versions = [], [], [], [], [], []
+    prompts, responses, logp_old, q_hat, baselines, versions, previous = [], [], [], [], [], [], []
     for rs, cs in group(rollouts, comparisons):
         if q == "one_step":
             qs, b = one_step_q(win_matrix(len(rs), cs)), 0.5
@@ -103,8 +105,9 @@ def build_batch(rollouts: list[Rollout], comparisons: list[Comparison], *, keep:
             q_hat.append(float(qs[i]))
             baselines.append(b)
             versions.append(r.policy_version)
+            previous.append((q_prev or {}).get((r.conversation_id, r.turn, r.iteration, r.sample), float(qs[i])))
     return collate(prompts, responses, pad_id=pad_id, logp_old=logp_old, q_hat=q_hat,
-                   baseline=baselines, policy_version=versions)
+                   baseline=baselines, policy_version=versions, q_hat_prev=previous)
 
 
 def loss(*, batch: TrainBatch, logp, eta: float, tau: float = 0.0):

@@ -20,8 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from framework.algorithms import collate, register_algorithm
-from framework.algorithms.mpo import group, one_step_q, select, win_matrix
+from framework.algorithms import mpo, register_algorithm
 from framework.losses import ompo_loss
 from framework.records import Comparison, Rollout, TrainBatch
 
@@ -65,20 +64,8 @@ def previous_q(rollouts: list[Rollout], comparisons: list[Comparison]) -> dict:
 
 def build_batch(rollouts: list[Rollout], comparisons: list[Comparison], *, keep: str = "all",
                 pad_id: int) -> TrainBatch:
-    prev = previous_q(rollouts, comparisons)
-    prompts, responses, logp_old, q_hat, q_prev, versions = [], [], [], [], [], []
-    for rs, cs in group(rollouts, comparisons):
-        q = one_step_q(win_matrix(len(rs), cs))
-        for i in select(q, keep):
-            r = rs[i]
-            prompts.append(r.prompt_ids)
-            responses.append(r.response_ids)
-            logp_old.append(r.logprob)
-            q_hat.append(float(q[i]))
-            q_prev.append(prev.get((r.conversation_id, r.turn, r.iteration, r.sample), float(q[i])))
-            versions.append(r.policy_version)
-    return collate(prompts, responses, pad_id=pad_id, logp_old=logp_old, q_hat=q_hat,
-                   baseline=[0.5] * len(q_hat), policy_version=versions, q_hat_prev=q_prev)
+    return mpo.build_batch(rollouts, comparisons, keep=keep, pad_id=pad_id,
+                           q_prev=previous_q(rollouts, comparisons))
 
 
 def loss(*, batch: TrainBatch, logp, eta: float, tau: float = 0.0):
