@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="win rate vs a reference policy and exploitability of a policy",
                         description="Judge the final policy of RUN_DIR (or a checkpoint / policy directory) "
                                     "against a reference policy (default: the run's warm start) on held-out "
-                                    "states: win rate with its 95%% interval and the task's exploitability "
+                                    "states: win rate with its 95% interval and the task's exploitability "
                                     "estimate, written to eval.json (and the run's report).")
     ev.add_argument("target", help="a run directory, a checkpoint directory or a policy directory")
     ev.add_argument("--reference", help="reference policy directory (default: the run's warm start)")

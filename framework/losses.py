@@ -125,3 +125,56 @@ def ipo_loss(*, chosen_logp: torch.Tensor, rejected_logp: torch.Tensor, ref_chos
     """
     h = _margin(chosen_logp, rejected_logp, ref_chosen_logp, ref_rejected_logp)
     return (h - 1.0 / (2.0 * tau)) ** 2
+
+
+def spin_loss(*, real_logp: torch.Tensor, gen_logp: torch.Tensor, ref_real_logp: torch.Tensor,
+              ref_gen_logp: torch.Tensor, beta: float, link: str = "logistic") -> torch.Tensor:
+    """SPIN / IRFT (Chen et al. 2024; Li et al. 2024): contrast a demonstration with the model's
+    own generation for the same prompt, both measured against the reference (the previous iterate):
+
+        z = β ((log π(y_demo) − log π_ref(y_demo)) − (log π(y_gen) − log π_ref(y_gen)))
+        logistic: ℓ = −log σ(z)        linear: ℓ = −z   (the raw IRL gradient direction)
+
+    Args:
+        real_logp, gen_logp: (B,) log π_θ of the demonstration and of the generation (differentiable).
+        ref_real_logp, ref_gen_logp: (B,) the same under the reference policy.
+        beta: β > 0 (1/η in the mirror-descent notation).
+        link: ``logistic`` or ``linear``.
+    Returns:
+        (B,) per-pair losses.
+    """
+    z = beta * _margin(real_logp, gen_logp, ref_real_logp, ref_gen_logp)
+    if link == "logistic":
+        return -torch.nn.functional.logsigmoid(z)
+    if link == "linear":
+        return -z
+    raise ValueError(f"link must be 'logistic' or 'linear', got {link!r}")
+
+
+def bt_reward_loss(*, chosen_reward: torch.Tensor, rejected_reward: torch.Tensor) -> torch.Tensor:
+    """Bradley–Terry loss of a reward model: ℓ = −log σ(r(y_chosen) − r(y_rejected)). → (B,)."""
+    return -torch.nn.functional.logsigmoid(chosen_reward - rejected_reward)
+
+
+def rloo_loss(*, logp: torch.Tensor, reward: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+    """REINFORCE with a leave-one-out baseline (Ahmadian et al. 2024): for K samples of a prompt,
+
+        A_i = R_i − (1/(K − 1)) Σ_{j≠i} R_j,    ℓ_i = −A_i · log π_θ(y_i)
+
+    (the advantage is a constant: no gradient flows through it). A KL penalty to a reference is
+    folded into ``reward`` by the caller (R = r − κ (log π_t − log π_ref)).
+
+    Args:
+        logp: (B,) log π_θ(y_i) (differentiable).
+        reward: (B,) shaped rewards R_i.
+        group: (B,) prompt index of each sample; every group needs K ≥ 2 samples.
+    Returns:
+        (B,) per-sample losses.
+    """
+    _, inverse, counts = torch.unique(group, return_inverse=True, return_counts=True)
+    if (counts < 2).any():
+        raise ValueError("rloo_loss: every prompt needs at least 2 samples for a leave-one-out baseline")
+    sums = torch.zeros(len(counts), dtype=reward.dtype).index_add(0, inverse, reward)
+    k = counts[inverse].to(reward.dtype)
+    advantage = (reward - (sums[inverse] - reward) / (k - 1)).detach()
+    return -advantage * logp

@@ -1,8 +1,8 @@
 import torch
 import pytest
 
-from framework.losses import (dpo_loss, ipo_loss, mpo_loss, ompo_loss, sequence_logprob, sft_loss, sppo_loss,
-                             token_logprobs)
+from framework.losses import (bt_reward_loss, dpo_loss, ipo_loss, mpo_loss, ompo_loss, rloo_loss, sequence_logprob,
+                             sft_loss, spin_loss, sppo_loss, token_logprobs)
 
 
 def test_mpo_loss_by_hand():
@@ -104,3 +104,35 @@ def test_dpo_gradient_raises_the_chosen_and_lowers_the_rejected():
              ref_rejected_logp=torch.tensor([-1.0]), beta=0.5).sum().backward()
     # d/dh −log σ(βh) at h = 0 is −β/2: descent raises log π(y_w) and lowers log π(y_l)
     assert chosen.grad.item() == pytest.approx(-0.25) and rejected.grad.item() == pytest.approx(0.25)
+
+
+def test_spin_loss_by_hand():
+    """demo: log π = −1.0, ref −1.5 → ρ = 0.5; generation: −2.0, ref −1.8 → ρ = −0.2; β = 2:
+    z = 2 (0.5 + 0.2) = 1.4; logistic −log σ(1.4) = log(1 + e^−1.4) = 0.2204174; linear −1.4.
+    """
+    pair = dict(real_logp=torch.tensor([-1.0]), gen_logp=torch.tensor([-2.0]),
+                ref_real_logp=torch.tensor([-1.5]), ref_gen_logp=torch.tensor([-1.8]), beta=2.0)
+    torch.testing.assert_close(spin_loss(**pair, link="logistic"), torch.tensor([0.2204174]))
+    torch.testing.assert_close(spin_loss(**pair, link="linear"), torch.tensor([-1.4]))
+    # the logistic link is DPO's loss with the demonstration as the chosen response
+    torch.testing.assert_close(spin_loss(**pair), dpo_loss(chosen_logp=pair["real_logp"], rejected_logp=pair["gen_logp"],
+                                                           ref_chosen_logp=pair["ref_real_logp"],
+                                                           ref_rejected_logp=pair["ref_gen_logp"], beta=2.0))
+
+
+def test_bt_reward_loss_by_hand():
+    """r_c − r_r = 1: log(1 + e^−1) = 0.3132617; equal rewards: log 2."""
+    out = bt_reward_loss(chosen_reward=torch.tensor([1.0, 0.3]), rejected_reward=torch.tensor([0.0, 0.3]))
+    torch.testing.assert_close(out, torch.tensor([0.3132617, 0.6931472]))
+
+
+def test_rloo_loss_by_hand():
+    """Prompt 0: R = (1, 0, 2) → baselines (1, 1.5, 0.5), A = (0, −1.5, 1.5); prompt 1: R = (3, 1) → A = (2, −2).
+    ℓ = −A·log π with log π = (−1, −2, −3, −0.5, −1): (0, −3, 4.5, 1, −2)."""
+    logp = torch.tensor([-1.0, -2.0, -3.0, -0.5, -1.0], requires_grad=True)
+    out = rloo_loss(logp=logp, reward=torch.tensor([1.0, 0.0, 2.0, 3.0, 1.0]), group=torch.tensor([0, 0, 0, 1, 1]))
+    torch.testing.assert_close(out, torch.tensor([0.0, -3.0, 4.5, 1.0, -2.0]))
+    out.sum().backward()  # the advantage is a constant: d ℓ / d log π = −A
+    torch.testing.assert_close(logp.grad, torch.tensor([0.0, 1.5, -1.5, -2.0, 2.0]))
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        rloo_loss(logp=logp[:1], reward=torch.tensor([1.0]), group=torch.tensor([0]))
