@@ -102,15 +102,22 @@ class RunningSumTask:
         return [Episode(f"{split}-{seed}-{i}", ScriptedUser(self._script(rng, split == "heldout")[0]))
                 for i in range(n)]
 
-    def demonstrations(self, n: int, seed: int) -> list[Conversation]:
-        """Gold conversations (right totals, uniformly random styles) from the train split."""
+    def demonstrations(self, n: int, seed: int, corruption: float = 0.0) -> list[Conversation]:
+        """Conversations of the train split with right totals and uniformly random styles; with
+        ``corruption`` c, each answer is independently a wrong total (off by 1–3) with probability c
+        (low-quality demonstrations)."""
+        if not 0 <= corruption <= 1:
+            raise InputError(f"corruption must be in [0, 1], got {corruption}")
         rng = np.random.default_rng([seed, 2])
+        bad = np.random.default_rng([seed, 3])  # its own stream: clean data is the same for every c
         out = []
         for _ in range(n):
             turns, totals = self._script(rng, heldout=False)
             messages = []
             for user, total in zip(turns, totals):
                 style = STYLES[int(rng.integers(0, 3))]
+                if bad.random() < corruption:
+                    total += int(bad.choice([-3, -2, -1, 1, 2, 3]))
                 messages += [{"role": "user", "content": user}, {"role": "assistant", "content": f"{total}{style}"}]
             out.append(messages)
         return out

@@ -1,0 +1,40 @@
+"""The running_sum task: its judge, its equilibrium and its (corrupted) demonstrations."""
+
+import numpy as np
+import pytest
+
+from framework.errors import InputError
+from games.tasks import get_task
+from games.tasks.running_sum import STYLES, running_total
+
+
+def test_judge_is_constant_sum_and_the_equilibrium_is_unexploitable():
+    task = get_task("running_sum", turns=3)
+    P = task.class_matrix
+    np.testing.assert_allclose(P + P.T, 1.0)
+    d = np.zeros(8)
+    d[4:7] = task.equilibrium_styles()  # always correct, styles (2/7, 4/7, 1/7)
+    assert task.exploitability(d[None])[0] == pytest.approx(0.0, abs=1e-12)
+    uniform = np.zeros(8)
+    uniform[4:7] = 1 / 3  # the demonstrations' styles are exploitable by (1 − w)(m₂ − m₁)/3
+    assert task.exploitability(uniform[None])[0] == pytest.approx(0.3 * (0.4 - 0.2) / 3)
+
+
+@pytest.mark.parametrize("corruption", [0.0, 0.3, 1.0])
+def test_corrupted_demonstrations_have_wrong_totals_at_the_asked_rate(corruption):
+    task = get_task("running_sum", turns=3)
+    demos = task.demonstrations(1000, seed=0, corruption=corruption)
+    wrong = total = 0
+    for messages in demos:
+        for i, m in enumerate(messages):
+            if m["role"] == "assistant":
+                number, style = m["content"][:-1], m["content"][-1]
+                assert style in STYLES
+                wrong += int(number) != running_total(messages[:i])
+                total += 1
+    assert abs(wrong / total - corruption) < 0.05  # 3000 answers: σ ≤ 0.01
+    clean = task.demonstrations(1000, seed=0)
+    assert [[m["content"] for m in c if m["role"] == "user"] for c in demos] == \
+        [[m["content"] for m in c if m["role"] == "user"] for c in clean]  # same prompts at every rate
+    with pytest.raises(InputError, match="corruption"):
+        task.demonstrations(1, seed=0, corruption=1.5)
