@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-# The vLLM lane runs in its own venv (`make test-vllm` runs `pytest tests/vllm` explicitly).
-collect_ignore = ["vllm"]
+# The vLLM lane runs in its own venv (`make test-vllm` runs `pytest tests/vllm_lane` explicitly).
+collect_ignore = ["vllm_lane"]
 
 
 @pytest.fixture(scope="session")

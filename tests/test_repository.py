@@ -64,4 +64,4 @@ def test_cluster_yaml_validates_against_rays_launcher_schema():
 def test_readme_names_exactly_the_two_setup_commands():
     readme = (ROOT / "README.md").read_text()
     assert "make demo" in readme and "make test" in readme
-    assert (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1] == "make test"
+    assert "make test" in (ROOT / ".ci" / "run").read_text().strip().splitlines()
