@@ -8,6 +8,7 @@ import json
 import torch
 
 from actors.backends import make_backend
+from framework.errors import InputError
 from framework.records import Rollout
 from games.conversation import Episode
 
@@ -51,6 +52,35 @@ class RolloutGenerator:
     def encode(self, messages: list[dict]) -> list[int]:
         return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
                                                        tokenize=True)["input_ids"])
+
+    def encode_answer(self, messages: list[dict], text: str) -> list[int]:
+        """The tokens of an assistant turn ``text`` after ``messages``, as the chat template writes it."""
+        prompt = self.encode(messages)
+        full = list(self.tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": text}],
+                                                       tokenize=True)["input_ids"])
+        if full[: len(prompt)] != prompt:
+            raise ValueError("the chat template does not extend the generation prompt with the answer")
+        return full[len(prompt):]
+
+    def respond(self, demonstrations: list[tuple[str, list[dict], str]], *, k: int, iteration: int,
+                seed: int) -> list[Rollout]:
+        """For each (id, state, demonstrated answer): the demonstration scored by this policy
+        (``sample = -1``, its log-probs under π_t) and K answers of its own (samples 0..K−1)."""
+        if not hasattr(self.backend, "score"):
+            raise InputError("demonstration methods need a backend that scores given answers: "
+                             "use pipeline.backend=hf")
+        prompts = [self.encode(state) for _, state, _ in demonstrations]
+        answers = [self.encode_answer(state, text) for _, state, text in demonstrations]
+        scored = self.backend.score(prompts, answers)
+        drawn = self.backend.generate(prompts, k=k, seed=seed * 1000) if k > 0 else [[] for _ in prompts]
+        out = []
+        for (demo_id, state, text), prompt, ids, logps, group in zip(demonstrations, prompts, answers, scored, drawn):
+            state_json, turn = json.dumps(state), sum(m["role"] == "user" for m in state) - 1
+            out.append(Rollout(demo_id, turn, -1, iteration, state_json, prompt, ids, logps, text, self.version,
+                               self.generator_id))
+            out += [Rollout(demo_id, turn, j, iteration, state_json, prompt, s.token_ids, s.logprobs, s.text,
+                            self.version, self.generator_id) for j, s in enumerate(group)]
+        return out
 
     def sample(self, states: list[list[dict]], *, k: int, seed: int):
         """K samples for each state (a conversation prefix ending with a user turn)."""

@@ -57,8 +57,8 @@ class Learner:
         self.optimizer.step()
         return float(norm)
 
-    def train(self, batch: TrainBatch, *, algorithm: str, eta: float, tau: float = 0.0, epochs: int = 1,
-              minibatches: int = 1) -> dict:
+    def train(self, batch: TrainBatch, *, algorithm: str, eta: float, tau: float = 0.0, link: str = "logistic",
+              epochs: int = 1, minibatches: int = 1) -> dict:
         """``epochs`` passes over this worker's shard in ``minibatches`` optimizer steps each
         (minibatches hold whole examples: a conversation's turns or a pair stay together).
 
@@ -87,7 +87,7 @@ class Learner:
                     behaviour_gap = float(rho.mean())
                 if epoch == epochs - 1:
                     rhos.append(rho)
-                loss = algo.loss(batch=mb, logp=logp, eta=eta, tau=tau).mean()
+                loss = algo.loss(batch=mb, logp=logp, eta=eta, tau=tau, link=link).mean()
                 norms.append(self._step(loss))
                 losses.append(float(loss.detach()))
         self.version += 1

@@ -117,6 +117,24 @@ class WarmStartConfig:
 
 
 @dataclass(frozen=True)
+class DemosConfig:
+    """Demonstrations for the reward-learning methods (sft, spin, irft) and the warm start."""
+
+    path: Optional[str] = None
+    """A JSONL/Parquet file of demonstrations (``framework/demos.py``); default: the task's own."""
+    count: int = 1000
+    """Task conversations to demonstrate (each gives one demonstration per turn); a file is used whole."""
+    corruption: float = 0.0
+    """Share of the task's demonstrated answers replaced by wrong ones (low-quality demonstrations)."""
+
+    def __post_init__(self):
+        if self.count < 1:
+            raise ConfigError("count", f"must be ≥ 1, got {self.count}")
+        if not 0 <= self.corruption <= 1:
+            raise ConfigError("corruption", f"must be in [0, 1], got {self.corruption}")
+
+
+@dataclass(frozen=True)
 class AlgoConfig:
     """The self-play algorithm and its learner settings."""
 
@@ -130,8 +148,13 @@ class AlgoConfig:
     """MPO's Q estimate: ``one_step`` (the paper's default: the answer's win rate at its turn),
     ``monte_carlo`` (every answer continued to the end with π_t, per-turn win rates summed,
     baseline (H − h + 1)/2) or ``terminal`` (the win rate at the conversation's last turn only)."""
+    rounds: int = 0
+    """irft: T, the number of slices of the demonstrations; iteration t trains on slice t mod T
+    (0: T = train.iterations, one round per iteration)."""
+    link: str = "logistic"
+    """spin/irft: the link h of the demonstration-vs-generation contrast (``logistic`` or ``linear``)."""
     k: int = 4
-    """Sampled answers per visited state."""
+    """Sampled answers per visited state (self-play methods; spin/irft draw one, sft none)."""
     keep: str = "all"
     """Which samples train: ``all`` or ``best_worst`` (the paper's choice)."""
     lr: float = 1e-3
@@ -152,6 +175,10 @@ class AlgoConfig:
             raise ConfigError("q", f"must be 'one_step', 'monte_carlo' or 'terminal', got {self.q!r}")
         if self.q != "one_step" and self.name != "mpo":
             raise ConfigError("q", f"multi-turn Q estimates are implemented for mpo, not {self.name!r}")
+        if self.rounds < 0:
+            raise ConfigError("rounds", f"must be ≥ 0, got {self.rounds}")
+        if self.link not in ("logistic", "linear"):
+            raise ConfigError("link", f"must be 'logistic' or 'linear', got {self.link!r}")
         if self.k < 2:
             raise ConfigError("k", f"must be ≥ 2 (Q̂ compares samples), got {self.k}")
         if self.keep not in ("all", "best_worst"):
@@ -192,8 +219,10 @@ class PipelineConfig:
     """Rollout generator actors."""
     learners: int = 1
     """Data-parallel learner workers (one torch.distributed process group)."""
-    backend: str = "hf"
-    """Generation backend: ``hf`` (transformers generate)."""
+    backend: str = "auto"
+    """Generation backend: ``hf`` (transformers generate), ``vllm`` (a vLLM engine per generator,
+    weights updated in place) or ``auto``: ``vllm`` on a GPU where vLLM is installed, else ``hf``
+    (on CPU, ``hf`` measured 2.6–2.9× faster on the tiny model: README)."""
     ray: bool = True
     """Run the roles as Ray actors (false: all in this process, for debugging)."""
     num_cpus: Optional[int] = None
@@ -208,6 +237,8 @@ class PipelineConfig:
     def __post_init__(self):
         if self.mode not in ("sync", "async"):
             raise ConfigError("mode", f"must be 'sync' or 'async', got {self.mode!r}")
+        if self.backend not in ("auto", "hf", "vllm"):
+            raise ConfigError("backend", f"must be 'auto', 'hf' or 'vllm', got {self.backend!r}")
         if self.max_staleness < 0:
             raise ConfigError("max_staleness", f"must be ≥ 0, got {self.max_staleness}")
         for name in ("generators", "learners", "generator_threads", "learner_threads"):
@@ -313,6 +344,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    demos: DemosConfig = field(default_factory=DemosConfig)
 
     def __post_init__(self):
         from framework.jobs import JOBS

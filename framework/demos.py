@@ -109,3 +109,21 @@ def load_demonstrations(path: str | Path) -> list[Demonstration]:
     if not out:
         raise InputError(f"demonstrations: {path} holds no row")
     return out
+
+
+def demonstrations_for(cfg, task) -> list[Demonstration]:
+    """The run's demonstrations: ``demos.path`` if given, else ``demos.count`` task conversations
+    (with ``demos.corruption``), one demonstration per assistant turn."""
+    if cfg.demos.path:
+        return load_demonstrations(cfg.demos.path)
+    if not hasattr(task, "demonstrations"):
+        raise InputError(f"task {task.name!r} has no demonstrations of its own: set demos.path")
+    import inspect
+
+    if "corruption" in inspect.signature(task.demonstrations).parameters:
+        conversations = task.demonstrations(cfg.demos.count, cfg.seed, corruption=cfg.demos.corruption)
+    elif cfg.demos.corruption:
+        raise InputError(f"demos.corruption: task {task.name!r} cannot corrupt its demonstrations")
+    else:
+        conversations = task.demonstrations(cfg.demos.count, cfg.seed)
+    return from_conversations(conversations)

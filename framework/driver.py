@@ -26,6 +26,7 @@ from framework import checkpoint as ckpt
 from framework.algorithms import get_algorithm
 from framework.algorithms.ompo import OptimisticCache
 from framework.config import Config
+from framework.demos import demonstrations_for
 from framework.errors import AlignplayError, InputError
 from framework.evaluation import class_counts, win_rate
 from framework.records import Comparison, Rollout, write_parquet
@@ -107,12 +108,21 @@ def _judge_cls():
 
 
 # --- stages ------------------------------------------------------------------------------------
-def launch_generation(roles: Roles, task, cfg: Config, iteration: int, mode: str = "tree") -> list:
+def launch_generation(roles: Roles, task, cfg: Config, iteration: int, algo, demos=None) -> list:
+    n, seed = len(roles.generators), iteration_seed(cfg.seed, iteration)
+    k = cfg.algo.k if algo.samples is None else algo.samples
+    if algo.rollout == "demos":  # score each demonstration and answer its state
+        lo, hi = 0, len(demos)
+        if algo.slices:  # round t of T takes the t-th slice (T = algo.rounds or train.iterations)
+            T = cfg.algo.rounds or cfg.train.iterations
+            lo, hi = (iteration % T) * len(demos) // T, (iteration % T + 1) * len(demos) // T
+        items = [(f"demo-{i}", demos[i].messages, demos[i].response) for i in range(lo, hi)]
+        return [roles.cluster.call(g, "respond", items[i::n], k=k, iteration=iteration, seed=seed * 10 + i)
+                for i, g in enumerate(roles.generators)]
     prompt_seed = iteration_seed(cfg.seed, 0 if cfg.train.fixed_prompts else iteration)
     episodes = task.episodes("train", cfg.train.conversations, prompt_seed)
-    n = len(roles.generators)
-    return [roles.cluster.call(g, "rollout", episodes[i::n], k=cfg.algo.k, iteration=iteration,
-                               seed=iteration_seed(cfg.seed, iteration) * 10 + i, mode=mode)
+    return [roles.cluster.call(g, "rollout", episodes[i::n], k=k, iteration=iteration, seed=seed * 10 + i,
+                               mode=algo.rollout_mode(cfg.algo.q))
             for i, g in enumerate(roles.generators)]
 
 
@@ -162,7 +172,7 @@ def update(roles: Roles, batch, cfg: Config) -> dict:
     shards = batch.shard(len(roles.learners))
     results = roles.cluster.get([
         roles.cluster.call(learner, "train", shard, algorithm=cfg.algo.name, eta=cfg.algo.eta, tau=cfg.algo.tau,
-                           epochs=cfg.algo.epochs, minibatches=cfg.algo.minibatches)
+                           link=cfg.algo.link, epochs=cfg.algo.epochs, minibatches=cfg.algo.minibatches)
         for learner, shard in zip(roles.learners, shards)
     ])
     out = {k: float(np.mean([r[k] for r in results])) for k in ("loss", "grad_norm", "rho_mean", "behaviour_gap")}
@@ -245,6 +255,10 @@ def run_selfplay(cfg: Config, run_dir: Path, *, progress: bool = True) -> dict:
         loop_start = time.perf_counter()
         start, version, counters = 0, 0, {"dropped_stale": 0, "samples_total": 0, "generated_total": 0}
         cache = OptimisticCache() if algo.optimistic else None
+        demos = demonstrations_for(cfg, task) if algo.rollout == "demos" else None
+        if demos is not None and algo.slices and len(demos) < (cfg.algo.rounds or cfg.train.iterations):
+            raise InputError(f"{len(demos)} demonstrations cannot fill {cfg.algo.rounds or cfg.train.iterations} "
+                             f"IRFT rounds: add demonstrations (demos.count) or set algo.rounds")
         metrics_path = run_dir / "metrics.jsonl"
         if cfg.resume:
             start, version, counters, latest = _resume(roles, run_dir)
@@ -269,14 +283,13 @@ def run_selfplay(cfg: Config, run_dir: Path, *, progress: bool = True) -> dict:
             try:
                 with timed(m, "generate"):
                     while next_launch <= min(t + ahead, cfg.train.iterations - 1):
-                        inflight.append(launch_generation(roles, task, cfg, next_launch,
-                                                          algo.rollout_mode(cfg.algo.q)))
+                        inflight.append(launch_generation(roles, task, cfg, next_launch, algo, demos))
                         next_launch += 1
                     rollouts = [r for part in cluster.get(inflight.popleft()) for r in part]
                 with timed(m, "judge"):
                     judge_name = cfg.judge.target or cfg.judge.kind
                     fresh, stale = split_stale(rollouts, version, cfg.pipeline.max_staleness)
-                    comparisons = judge_rollouts(roles, rollouts, t, judge_name)
+                    comparisons = judge_rollouts(roles, rollouts, t, judge_name) if algo.judged else []
                     if cache is not None:
                         previous = judge_previous(roles, fresh, cache, t, judge_name)
                         comparisons += previous
@@ -298,7 +311,7 @@ def run_selfplay(cfg: Config, run_dir: Path, *, progress: bool = True) -> dict:
                 raise
             counters["dropped_stale"] += len(stale)
             counters["samples_total"] += len(batch)
-            counters["generated_total"] += len(rollouts)
+            counters["generated_total"] += sum(r.sample >= 0 for r in rollouts)  # demonstrations are -1
             ages = [version - 1 - r.policy_version for r in fresh]
             with timed(m, "checkpoint"):
                 if (t + 1) % cfg.checkpoint.every == 0 and t + 1 < cfg.train.iterations:
@@ -309,7 +322,7 @@ def run_selfplay(cfg: Config, run_dir: Path, *, progress: bool = True) -> dict:
             with timed(m, "log"):
                 write_records(run_dir, t + 1, fresh, stale, comparisons, learner_version=version - 1)
                 elapsed = time.perf_counter() - wall
-                m.update(policy_version=version, samples=len(batch), generated=len(rollouts),
+                m.update(policy_version=version, samples=len(batch), generated=sum(r.sample >= 0 for r in rollouts),
                          samples_per_s=len(batch) / elapsed,
                          iteration_s=elapsed, staleness_mean=float(np.mean(ages)) if ages else 0.0,
                          dropped_stale=len(stale), dropped_stale_total=counters["dropped_stale"])

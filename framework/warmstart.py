@@ -4,6 +4,7 @@ under a hash of everything that determines them, so reruns and tests skip the wo
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -16,21 +17,29 @@ from framework.config import Config
 from framework.models import build_tiny_model, default_cache_dir
 
 
-def sft_pairs(tokenizer, conversations: list[list[dict]]) -> tuple[list[list[int]], list[list[int]]]:
-    """(prompt ids, response ids) for every assistant turn, cut where the chat template puts it."""
+def sft_pairs(tokenizer, demos) -> tuple[list[list[int]], list[list[int]]]:
+    """(prompt ids, response ids) of each demonstration, cut where the chat template puts the answer."""
     prompts, responses = [], []
-    for messages in conversations:
-        for i, m in enumerate(messages):
-            if m["role"] != "assistant":
-                continue
-            prompt = list(tokenizer.apply_chat_template(messages[:i], add_generation_prompt=True,
-                                                        tokenize=True)["input_ids"])
-            full = list(tokenizer.apply_chat_template(messages[: i + 1], tokenize=True)["input_ids"])
-            if full[: len(prompt)] != prompt:
-                raise ValueError("the chat template does not extend the generation prompt with the answer")
-            prompts.append(prompt)
-            responses.append(full[len(prompt):])
+    for d in demos:
+        messages = d.messages
+        prompt = list(tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                    tokenize=True)["input_ids"])
+        full = list(tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": d.response}],
+                                                  tokenize=True)["input_ids"])
+        if full[: len(prompt)] != prompt:
+            raise ValueError("the chat template does not extend the generation prompt with the answer")
+        prompts.append(prompt)
+        responses.append(full[len(prompt):])
     return prompts, responses
+
+
+def warm_start_demonstrations(cfg: Config, task):
+    """What the warm start learns from: ``demos.path`` if given, else the task's own
+    demonstrations (with ``demos.corruption``)."""
+    from framework.demos import demonstrations_for
+
+    return demonstrations_for(dataclasses.replace(cfg, demos=dataclasses.replace(
+        cfg.demos, count=cfg.warm_start.demonstrations)), task)
 
 
 def prepare_policy(cfg: Config, task, *, progress: bool = True) -> str:
@@ -43,15 +52,18 @@ def prepare_policy(cfg: Config, task, *, progress: bool = True) -> str:
     w = cfg.warm_start
     if w.steps == 0:
         return base
-    key = hashlib.sha256(json.dumps([base, asdict(cfg.task), asdict(w), cfg.seed, "v1"]).encode()).hexdigest()[:16]
+    what = [base, asdict(cfg.task), asdict(w), cfg.seed, "v1"]
+    if cfg.demos.path or cfg.demos.corruption:  # (default demonstrations keep their old cache entries)
+        what.append([cfg.demos.path, cfg.demos.corruption])
+    key = hashlib.sha256(json.dumps(what).encode()).hexdigest()[:16]
     out = cache / "warm" / key
     if (out / "policy" / "config.json").exists():
         return str(out / "policy")
-    _sft(base, task, w, cfg.seed, out, progress)
+    _sft(base, warm_start_demonstrations(cfg, task), w, cfg.seed, out, progress)
     return str(out / "policy")
 
 
-def _sft(base: str, task, w, seed: int, out: Path, progress: bool) -> None:
+def _sft(base: str, demos, w, seed: int, out: Path, progress: bool) -> None:
     import os
 
     from tqdm.auto import tqdm
@@ -60,7 +72,7 @@ def _sft(base: str, task, w, seed: int, out: Path, progress: bool) -> None:
     from framework.algorithms import collate
 
     learner = Learner(model_path=base, lr=w.lr, threads=os.cpu_count() or 1, seed=seed)
-    prompts, responses = sft_pairs(learner.tokenizer, task.demonstrations(w.demonstrations, seed))
+    prompts, responses = sft_pairs(learner.tokenizer, demos)
     rng = np.random.default_rng([seed, 7])
     pad = learner.tokenizer.pad_token_id
     with tqdm(range(w.steps), desc="warm start (SFT)", disable=not progress, unit="step") as bar:

@@ -22,12 +22,21 @@ class GenerationBackend(Protocol):
     def load_state_dict(self, state_dict: dict) -> None:
         """Replace the policy weights (same architecture)."""
 
+    def score(self, prompts: list[list[int]], responses: list[list[int]]) -> list[list[float]]:
+        """log π of each given response token (teacher forcing); optional (demonstration methods)."""
+
 
 def make_backend(name: str, *, model_path: str, model, tokenizer, max_new_tokens: int) -> GenerationBackend:
     """The backend ``name`` for a loaded policy (``hf`` samples with ``model``; ``vllm`` loads
     ``model_path`` into its own engine, in the model's dtype)."""
     from framework.errors import InputError
 
+    if name == "auto":  # the faster backend for this device (bench/generation.py; README)
+        import importlib.util
+
+        import torch
+
+        name = "vllm" if torch.cuda.is_available() and importlib.util.find_spec("vllm") else "hf"
     if name == "hf":
         from actors.backends.hf import HFBackend
 
@@ -42,4 +51,4 @@ def make_backend(name: str, *, model_path: str, model, tokenizer, max_new_tokens
 
         return VLLMBackend(model_path=model_path, tokenizer=tokenizer, max_new_tokens=max_new_tokens,
                            dtype=str(model.dtype).removeprefix("torch."))
-    raise InputError(f"pipeline.backend: unknown backend {name!r}; choose from ['hf', 'vllm']")
+    raise InputError(f"pipeline.backend: unknown backend {name!r}; choose from ['auto', 'hf', 'vllm']")

@@ -19,6 +19,17 @@ class HFBackend:
         self.model.load_state_dict(state_dict)
 
     @torch.no_grad()
+    def score(self, prompts: list[list[int]], responses: list[list[int]]) -> list[list[float]]:
+        """log π of each given response token (teacher forcing), e.g. of a demonstration."""
+        from framework.algorithms import collate
+        from framework.losses import token_logprobs
+
+        batch = collate(prompts, responses, pad_id=self.tokenizer.pad_token_id)
+        logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        logp = token_logprobs(logits=logits, input_ids=batch.input_ids)
+        return [logp[i, len(p):len(p) + len(r)].tolist() for i, (p, r) in enumerate(zip(prompts, responses))]
+
+    @torch.no_grad()
     def generate(self, prompts: list[list[int]], *, k: int, seed: int) -> list[list[Sample]]:
         tok = self.tokenizer
         rows = [p for p in prompts for _ in range(k)]

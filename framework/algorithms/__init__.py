@@ -15,10 +15,13 @@ from framework.records import TrainBatch
 class Algorithm:
     name: str
     build_batch: Callable[..., TrainBatch]  # (rollouts, comparisons, **options) → TrainBatch
-    loss: Callable[..., torch.Tensor]  # (*, batch, logp, eta, tau) → (E,) per-example losses
+    loss: Callable[..., torch.Tensor]  # (*, batch, logp, eta, tau, link) → (E,) per-example losses
     rollout: str = "tree"  # "tree": K answers branch at every turn; "paths": K whole conversations
     optimistic: bool = False  # also judges answers against the previous iterate's (OMPO)
     options: tuple[str, ...] = ()  # further ``algo.*`` settings build_batch takes as keywords
+    samples: int | None = None  # own answers per state when fixed by the method (else algo.k)
+    slices: bool = False  # "demos": iteration t uses slice t of T = train.iterations (IRFT rounds)
+    judged: bool = True  # needs the preference judge
 
     def rollout_mode(self, q: str) -> str:
         """How the generator plays conversations: Monte-Carlo and terminal Q continue every branch."""
@@ -28,14 +31,15 @@ class Algorithm:
 ALGORITHMS: dict[str, Algorithm] = {}
 
 
-def register_algorithm(name: str, *, build_batch, loss, rollout: str = "tree", optimistic: bool = False,
-                       options: tuple[str, ...] = ()) -> Algorithm:
-    ALGORITHMS[name] = Algorithm(name, build_batch, loss, rollout, optimistic, options)
+def register_algorithm(name: str, *, build_batch, loss, **settings) -> Algorithm:
+    """Register an algorithm; ``settings`` are the ``Algorithm`` fields after ``loss``."""
+    ALGORITHMS[name] = Algorithm(name, build_batch, loss, **settings)
     return ALGORITHMS[name]
 
 
 def algorithm_names() -> list[str]:
     # each module registers itself
+    import framework.algorithms.demonstrations  # noqa: F401
     import framework.algorithms.mpo  # noqa: F401
     import framework.algorithms.ompo  # noqa: F401
     import framework.algorithms.pairs  # noqa: F401

@@ -110,7 +110,7 @@ def build_batch(rollouts: list[Rollout], comparisons: list[Comparison], *, keep:
                    baseline=baselines, policy_version=versions, q_hat_prev=previous)
 
 
-def loss(*, batch: TrainBatch, logp, eta: float, tau: float = 0.0):
+def loss(*, batch: TrainBatch, logp, eta: float, tau: float = 0.0, link: str = "logistic"):
     return mpo_loss(logp=logp, logp_old=batch.logp_old, q_hat=batch.q_hat, baseline=batch.baseline, eta=eta)
 
 

@@ -68,7 +68,7 @@ def build_batch(rollouts: list[Rollout], comparisons: list[Comparison], *, keep:
                            q_prev=previous_q(rollouts, comparisons))
 
 
-def loss(*, batch: TrainBatch, logp, eta: float, tau: float = 0.0):
+def loss(*, batch: TrainBatch, logp, eta: float, tau: float = 0.0, link: str = "logistic"):
     return ompo_loss(logp=logp, logp_old=batch.logp_old, q_hat=batch.q_hat, q_hat_prev=batch.q_hat_prev,
                      tau=tau, eta=eta, baseline=batch.baseline)
 

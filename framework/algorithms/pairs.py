@@ -59,11 +59,11 @@ def _sides(batch: TrainBatch, logp):
                 ref_rejected_logp=ref_rejected)
 
 
-def dpo(*, batch: TrainBatch, logp, eta: float, tau: float = 0.0):
+def dpo(*, batch: TrainBatch, logp, eta: float, tau: float = 0.0, link: str = "logistic"):
     return dpo_loss(**_sides(batch, logp), beta=1.0 / eta)
 
 
-def ipo(*, batch: TrainBatch, logp, eta: float, tau: float = 0.0):
+def ipo(*, batch: TrainBatch, logp, eta: float, tau: float = 0.0, link: str = "logistic"):
     return ipo_loss(**_sides(batch, logp), tau=1.0 / eta)
 
 

@@ -25,7 +25,7 @@ def build_batch(rollouts: list[Rollout], comparisons: list[Comparison], *, keep:
     return rows.collate(pad_id=pad_id)
 
 
-def loss(*, batch: TrainBatch, logp, eta: float, tau: float = 0.0):
+def loss(*, batch: TrainBatch, logp, eta: float, tau: float = 0.0, link: str = "logistic"):
     logp_y, _ = batch.per_example(logp)
     logp_old_y, _ = batch.per_example(batch.logp_old)
     return sppo_loss(logp=logp_y, logp_old=logp_old_y, win_rate=batch.first_of_example(batch.q_hat), eta=eta)

@@ -1,0 +1,66 @@
+"""Learning from demonstrations on the pipeline (DESIGN §3; issue 5): SFT, SPIN and IRFT.
+
+Each demonstration (state, answer) comes back from the generator scored by the sampling policy
+π_t (``sample = -1``) together with π_t's own answer (``sample 0``). The contrast
+
+    ℓ = h(β ((log π(y_demo) − log π_t(y_demo)) − (log π(y_gen) − log π_t(y_gen)))),  β = 1/η,
+
+has the previous iterate π_t as its reference (``spin_loss``; h = −log σ or the linear link).
+
+- ``spin``: every iteration generates over all the demonstrations and takes this step;
+- ``irft``: T rounds (``algo.rounds``, default train.iterations), round t on the t-th slice of the
+  demonstrations, the reference reset to the latest model at each round — so SPIN is IRFT with T = 1;
+- ``sft``: maximum likelihood on the demonstrations, the baseline with the same data and steps.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from framework.algorithms import register_algorithm
+from framework.algorithms.paths import Rows
+from framework.losses import spin_loss
+from framework.records import Comparison, Rollout, TrainBatch
+
+
+def contrast_pairs(rollouts: list[Rollout], comparisons: list[Comparison], *, keep: str = "all",
+                   pad_id: int) -> TrainBatch:
+    """Per demonstration: the demonstrated answer (side 0) against π_t's own first answer (side 1)."""
+    by_demo: dict = defaultdict(dict)
+    for r in rollouts:
+        by_demo[(r.conversation_id, r.iteration)][r.sample] = r
+    rows = Rows()
+    for answers in by_demo.values():
+        rows.add([answers[-1]], side=0)
+        rows.add([answers[0]], side=1)
+        rows.next_example()
+    return rows.collate(pad_id=pad_id)
+
+
+def demonstrated(rollouts: list[Rollout], comparisons: list[Comparison], *, keep: str = "all",
+                 pad_id: int) -> TrainBatch:
+    rows = Rows()
+    for r in rollouts:
+        if r.sample == -1:
+            rows.add([r])
+            rows.next_example()
+    return rows.collate(pad_id=pad_id)
+
+
+def contrast(*, batch: TrainBatch, logp, eta: float, tau: float = 0.0, link: str = "logistic"):
+    real, gen = batch.per_example(logp)
+    ref_real, ref_gen = batch.per_example(batch.logp_old)
+    return spin_loss(real_logp=real, gen_logp=gen, ref_real_logp=ref_real, ref_gen_logp=ref_gen,
+                     beta=1.0 / eta, link=link)
+
+
+def likelihood(*, batch: TrainBatch, logp, eta: float, tau: float = 0.0, link: str = "logistic"):
+    """−log π(y_demo), summed over the answer's tokens."""
+    return -batch.per_example(logp)[0]
+
+
+register_algorithm("spin", build_batch=contrast_pairs, loss=contrast, rollout="demos", samples=1, judged=False)
+register_algorithm("irft", build_batch=contrast_pairs, loss=contrast, rollout="demos", samples=1, slices=True,
+                   judged=False)
+register_algorithm("sft", build_batch=demonstrated, loss=likelihood, rollout="demos", samples=0, slices=False,
+                   judged=False)
