@@ -82,6 +82,14 @@ class RolloutGenerator:
                             self.version, self.generator_id) for j, s in enumerate(group)]
         return out
 
+    def score(self, states: list[list[dict]], answers: list[str]) -> list[float]:
+        """log π(answer | state) of given answers, summed over their tokens (teacher forcing)."""
+        if not hasattr(self.backend, "score"):
+            raise InputError("scoring given answers needs pipeline.backend=hf")
+        prompts = [self.encode(s) for s in states]
+        ids = [self.encode_answer(s, a) for s, a in zip(states, answers)]
+        return [float(sum(x)) for x in self.backend.score(prompts, ids)]
+
     def sample(self, states: list[list[dict]], *, k: int, seed: int):
         """K samples for each state (a conversation prefix ending with a user turn)."""
         return self.backend.generate([self.encode(s) for s in states], k=k, seed=seed)

@@ -87,13 +87,13 @@ def _finished(sub: Path) -> dict | None:
     return summary if "final" in summary else None
 
 
-def aggregate(per_seed: dict) -> dict:
+def aggregate(per_seed: dict, metrics: tuple[str, ...] = (*METRICS, "correct")) -> dict:
     """Method → {metric: mean over seeds, metric_std: sample std (0 for one seed)}."""
     out = {}
     for method, rows in per_seed.items():
         entry = {}
-        for key in (*METRICS, "correct"):
-            values = [r[key] for r in rows if r.get(key) is not None]
+        for key in metrics:
+            values = [r[key] for r in rows if r.get(key) is not None and r[key] == r[key]]  # not NaN
             if values:
                 entry[key] = float(np.mean(values))
                 entry[f"{key}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0

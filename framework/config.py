@@ -301,6 +301,9 @@ class CompareConfig:
     """One run per method and seed."""
     overrides: dict[str, Any] = field(default_factory=dict)
     """Per method, a list of ``key=value`` overrides of the shared config (e.g. its step size)."""
+    variants: dict[str, Any] = field(default_factory=dict)
+    """``compare_irl``: data variants, name → list of ``key=value`` overrides (e.g. corrupted
+    demonstrations); methods are reported as ``<method>@<variant>``."""
 
     def __post_init__(self):
         from framework.algorithms import algorithm_names
@@ -316,6 +319,9 @@ class CompareConfig:
                 raise ConfigError(f"overrides.{m}", f"unknown method {m!r}; choose from {known}")
             if not isinstance(over, (list, tuple)) or not all(isinstance(o, str) and "=" in o for o in over):
                 raise ConfigError(f"overrides.{m}", f"expected a list of 'key=value' strings, got {over!r}")
+        for v, over in self.variants.items():
+            if not isinstance(over, (list, tuple)) or not all(isinstance(o, str) and "=" in o for o in over):
+                raise ConfigError(f"variants.{v}", f"expected a list of 'key=value' strings, got {over!r}")
 
 
 @dataclass(frozen=True)
@@ -323,8 +329,8 @@ class Config:
     """Everything ``alignplay run`` needs."""
 
     job: str = "selfplay"
-    """What to run: ``selfplay`` (the Ray pipeline), ``compare`` (methods side by side) or ``lab``
-    (the exact game lab)."""
+    """What to run: ``selfplay`` (the Ray pipeline), ``compare`` (self-play methods side by side),
+    ``compare_irl`` (learning from demonstrations side by side) or ``lab`` (the exact game lab)."""
     seed: int = 0
     """Seed of every random choice of the run."""
     quick: bool = False

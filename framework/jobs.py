@@ -121,8 +121,22 @@ def preflight_compare(cfg: "Config", run_dir: Path) -> None:
                 check_model_path(sub.model.path)
 
 
-JOBS = {"lab": run_lab_job, "selfplay": run_selfplay_job, "compare": run_compare_job}
-PREFLIGHT = {"selfplay": preflight_selfplay, "compare": preflight_compare}
+def run_compare_irl_job(cfg: "Config", run_dir: Path) -> None:
+    """SFT, SPIN, IRFT, … on the same demonstrations, per data variant (``framework.compare_irl``)."""
+    from framework.compare_irl import run_compare_irl_job as run
+
+    run(cfg, run_dir)
+
+
+def preflight_compare_irl(cfg: "Config", run_dir: Path) -> None:
+    from framework.compare_irl import check
+
+    check(cfg)
+
+
+JOBS = {"lab": run_lab_job, "selfplay": run_selfplay_job, "compare": run_compare_job,
+        "compare_irl": run_compare_irl_job}
+PREFLIGHT = {"selfplay": preflight_selfplay, "compare": preflight_compare, "compare_irl": preflight_compare_irl}
 
 
 def run_job(cfg: "Config", run_dir: Path) -> None:

@@ -133,6 +133,11 @@ class RunningSumTask:
                 messages = messages + [{"role": "assistant", "content": f"{running_total(messages)}!"}]
         return states
 
+    def heldout_demonstrations(self, n: int, seed: int) -> list[tuple[Conversation, str]]:
+        """(state, right answer with a random style) at every turn of ``n`` held-out conversations."""
+        rng = np.random.default_rng([seed, 4])
+        return [(s, f"{running_total(s)}{STYLES[int(rng.integers(0, 3))]}") for s in self.heldout_states(n, seed)]
+
     def tokenizer_corpus(self, seed: int = 0) -> list[str]:
         """Text to train a tokenizer on: every digit, operator and style mark in context."""
         return [" ".join(m["content"] for m in conv) for conv in self.demonstrations(2000, seed)]
