@@ -361,9 +361,11 @@ class Config:
             raise ConfigError("pipeline.learners", "more than one learner needs pipeline.ray=true")
 
 
-#: What ``quick=true`` changes: small enough for a smoke run of every example (< 3 min here).
-QUICK = {"compare.seeds": [0], "lab.iters": 300, "lab.markov_games": 2, "train.iterations": 12, "warm_start.steps": 300,
-         "eval.every": 6, "eval.conversations": 20, "eval.final_conversations": 40, "checkpoint.every": 6}
+#: What ``quick=true`` changes: small enough for a smoke run of every example (< 3 minutes for a
+#: single run here; a comparison runs one seed of each of its runs, < 10 minutes).
+QUICK = {"compare.seeds": [0], "demos.count": 400, "lab.iters": 300, "lab.markov_games": 2,
+         "train.iterations": 12, "warm_start.steps": 300, "eval.every": 6, "eval.conversations": 20,
+         "eval.final_conversations": 40, "checkpoint.every": 6}
 
 
 def _first_line(e: Exception) -> str:

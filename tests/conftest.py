@@ -1,6 +1,7 @@
 """Shared fixtures: one local Ray per test session, and a tiny warm-started policy built once."""
 
 import os
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,17 @@ def small_config(cache_dir):
         return load_config(path, [f"cache_dir={cache_dir}", *SMALL, *extra])
 
     return make
+
+
+@pytest.fixture
+def plugin(tmp_path, monkeypatch):
+    """Writes a module outside the package onto sys.path, as a user's plugin; returns its name."""
+    folder = tmp_path / "plugins"
+    folder.mkdir()
+    monkeypatch.syspath_prepend(str(folder))
+
+    def write(name: str, source: str) -> str:
+        (folder / f"{name}.py").write_text(textwrap.dedent(source))
+        return name
+
+    return write

@@ -2,7 +2,6 @@
 
 import json
 import sys
-import textwrap
 
 import pyarrow.parquet as pq
 import pytest
@@ -106,10 +105,8 @@ def test_every_method_runs_end_to_end(tiny_policy, cache_dir, tmp_path, algo):
 
 
 @pytest.fixture
-def judge_module(tmp_path, monkeypatch):
-    folder = tmp_path / "plugins"
-    folder.mkdir()
-    (folder / "e2e_judges.py").write_text(textwrap.dedent('''
+def judge_module(plugin):
+    plugin("e2e_judges", '''
         import re
 
         class PrefersExclamation:
@@ -128,8 +125,7 @@ def judge_module(tmp_path, monkeypatch):
                 if BreaksAfter.calls > self.good_calls:
                     raise ConnectionError("judge endpoint unreachable")
                 return [0.5] * len(a)
-    '''))
-    monkeypatch.syspath_prepend(str(folder))
+    ''')
     yield "e2e_judges"
     sys.modules.pop("e2e_judges", None)
 

@@ -1,7 +1,6 @@
 """The MT-Bench-101-format loader and task: the shipped sample, malformed files, a run on it."""
 
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -58,18 +57,14 @@ def test_a_malformed_dialogue_names_the_line_and_field(tmp_path, bad, fragment):
 
 
 @pytest.fixture
-def length_judge(tmp_path, monkeypatch):
-    folder = tmp_path / "plugins"
-    folder.mkdir()
-    (folder / "mt_judges.py").write_text(textwrap.dedent('''
+def length_judge(plugin):
+    return plugin("mt_judges", '''
         class PrefersShort:
             """A stand-in for an LLM judge: the shorter answer wins (ties ½)."""
             antisymmetric = True
             def compare(self, conversations, a, b):
                 return [0.5 if len(x) == len(y) else float(len(x) < len(y)) for x, y in zip(a, b)]
-    '''))
-    monkeypatch.syspath_prepend(str(folder))
-    return "mt_judges:PrefersShort"
+    ''') + ":PrefersShort"
 
 
 def test_a_run_on_mtbench_format_data_and_a_malformed_file_loses_nothing(length_judge, cache_dir, tmp_path):
