@@ -44,6 +44,8 @@ class Learner:
             self.model = model
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
         self.version = 0
+        self.model_path, self.lr = model_path, lr
+        self.reward = None  # RFT: (reward model, its optimizer, frozen reference policy), made on first use
 
     def _logp(self, batch: TrainBatch) -> torch.Tensor:
         logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
@@ -71,6 +73,8 @@ class Learner:
         """
         start = time.perf_counter()
         algo = get_algorithm(algorithm)
+        if algo.reward_model:
+            return self._train_rft(batch, eta=eta, epochs=epochs, minibatches=minibatches, start=start)
         examples = len(torch.unique(batch.example))
         if examples == 0:  # e.g. every pair tied: nothing to learn from, the policy stays
             self.version += 1
@@ -95,6 +99,60 @@ class Learner:
                 "rho_mean": float(torch.cat(rhos).mean()), "behaviour_gap": behaviour_gap, "examples": examples,
                 "version": self.version, "train_seconds": time.perf_counter() - start}
 
+    def _reward_model(self):
+        """RFT's reward model (the policy's architecture with a scalar head, from the starting
+        policy) and the frozen starting policy, the reference of the KL penalty."""
+        if self.reward is None:
+            from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+            rm = AutoModelForSequenceClassification.from_pretrained(self.model_path, num_labels=1)
+            rm.config.pad_token_id = self.tokenizer.pad_token_id
+            reference = AutoModelForCausalLM.from_pretrained(self.model_path).eval().requires_grad_(False)
+            self.reward = (rm.train(), torch.optim.AdamW(rm.parameters(), lr=self.lr), reference)
+        return self.reward
+
+    def _train_rft(self, batch: TrainBatch, *, eta: float, epochs: int, minibatches: int, start: float) -> dict:
+        """RFT (DESIGN §3): (1) Bradley–Terry steps of the reward model on (demonstration, own
+        answer) pairs; (2) REINFORCE with a leave-one-out baseline on the policy's own answers,
+        rewarded r − (1/η)(log π_t − log π_ref): the KL penalty to the starting policy."""
+        import dataclasses
+
+        from framework.losses import bt_reward_loss, rloo_loss
+
+        rm, rm_optimizer, reference = self._reward_model()
+        rm_losses = []
+        for _ in range(epochs):
+            for mb in batch.shard(minibatches):
+                r = rm(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits.squeeze(-1)
+                _, example = torch.unique(mb.example, return_inverse=True)
+                demo = mb.side == 0
+                r_demo = r.new_zeros(int(example.max()) + 1).index_put((example[demo],), r[demo])
+                loss = bt_reward_loss(chosen_reward=r_demo[example[~demo]], rejected_reward=r[~demo]).mean()
+                rm_optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(rm.parameters(), 1.0)
+                rm_optimizer.step()
+                rm_losses.append(float(loss.detach()))
+        own = batch.rows(batch.side == 1)
+        with torch.no_grad():
+            reward = rm(input_ids=own.input_ids, attention_mask=own.attention_mask).logits.squeeze(-1)
+            ref_logits = reference(input_ids=own.input_ids, attention_mask=own.attention_mask).logits
+            ref_logp = sequence_logprob(token_logp=token_logprobs(logits=ref_logits, input_ids=own.input_ids),
+                                        mask=own.response_mask)
+        shaped = reward - (own.logp_old - ref_logp) / eta
+        own = dataclasses.replace(own, q_hat=shaped)
+        losses, norms = [], []
+        for _ in range(epochs):
+            for mb in own.shard(minibatches):
+                loss = rloo_loss(logp=self._logp(mb), reward=mb.q_hat, group=mb.example).mean()
+                norms.append(self._step(loss))
+                losses.append(float(loss.detach()))
+        self.version += 1
+        return {"loss": sum(losses) / len(losses), "grad_norm": sum(norms) / len(norms),
+                "rho_mean": 0.0, "behaviour_gap": 0.0, "examples": len(torch.unique(batch.example)),
+                "reward_loss": sum(rm_losses) / len(rm_losses), "reward_mean": float(reward.mean()),
+                "version": self.version, "train_seconds": time.perf_counter() - start}
+
     def sft_step(self, batch: TrainBatch) -> float:
         """One supervised step on demonstrations (the warm start); returns the loss."""
         logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
@@ -117,6 +175,9 @@ class Learner:
         self.module.save_pretrained(directory / "policy")
         self.tokenizer.save_pretrained(directory / "policy")
         save_optimizer(self.optimizer, directory)
+        if self.reward is not None:  # RFT's reward model is part of the run state
+            self.reward[0].save_pretrained(directory / "reward_model")
+            save_optimizer(self.reward[1], directory / "reward_model")
 
     def load(self, directory: str, version: int) -> None:
         from safetensors.torch import load_file
@@ -126,4 +187,8 @@ class Learner:
         directory = Path(directory)
         self.module.load_state_dict(load_file(str(directory / "policy" / "model.safetensors")))
         load_optimizer(self.optimizer, directory)
+        if (directory / "reward_model").exists():
+            rm, rm_optimizer, _ = self._reward_model()
+            rm.load_state_dict(load_file(str(directory / "reward_model" / "model.safetensors")))
+            load_optimizer(rm_optimizer, directory / "reward_model")
         self.version = version

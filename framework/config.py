@@ -357,6 +357,8 @@ class Config:
 
         if self.job not in JOBS:
             raise ConfigError("job", f"unknown job {self.job!r}; choose from {sorted(JOBS)}")
+        if self.pipeline.learners > 1 and self.algo.name == "rft":
+            raise ConfigError("pipeline.learners", "rft trains its reward model on one learner: set pipeline.learners=1")
         if self.pipeline.learners > 1 and not self.pipeline.ray:
             raise ConfigError("pipeline.learners", "more than one learner needs pipeline.ray=true")
 

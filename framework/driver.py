@@ -175,7 +175,8 @@ def update(roles: Roles, batch, cfg: Config) -> dict:
                            link=cfg.algo.link, epochs=cfg.algo.epochs, minibatches=cfg.algo.minibatches)
         for learner, shard in zip(roles.learners, shards)
     ])
-    out = {k: float(np.mean([r[k] for r in results])) for k in ("loss", "grad_norm", "rho_mean", "behaviour_gap")}
+    skip = ("examples", "version", "train_seconds")
+    out = {k: float(np.mean([r[k] for r in results])) for k in results[0] if k not in skip}
     out["examples"] = sum(r["examples"] for r in results)
     return out
 

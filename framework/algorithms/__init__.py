@@ -22,6 +22,7 @@ class Algorithm:
     samples: int | None = None  # own answers per state when fixed by the method (else algo.k)
     slices: bool = False  # "demos": iteration t uses slice t of T = train.iterations (IRFT rounds)
     judged: bool = True  # needs the preference judge
+    reward_model: bool = False  # the learner trains an explicit reward model too (RFT)
 
     def rollout_mode(self, q: str) -> str:
         """How the generator plays conversations: Monte-Carlo and terminal Q continue every branch."""

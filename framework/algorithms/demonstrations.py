@@ -10,7 +10,10 @@ has the previous iterate π_t as its reference (``spin_loss``; h = −log σ or 
 - ``spin``: every iteration generates over all the demonstrations and takes this step;
 - ``irft``: T rounds (``algo.rounds``, default train.iterations), round t on the t-th slice of the
   demonstrations, the reference reset to the latest model at each round — so SPIN is IRFT with T = 1;
-- ``sft``: maximum likelihood on the demonstrations, the baseline with the same data and steps.
+- ``sft``: maximum likelihood on the demonstrations, the baseline with the same data and steps;
+- ``rft``: the explicit variant: a reward model learns (Bradley–Terry) to prefer each
+  demonstration to π_t's K own answers, and the policy takes a REINFORCE (leave-one-out) step on
+  that reward with a KL penalty 1/η to the starting policy (the learner holds both models).
 """
 
 from __future__ import annotations
@@ -47,6 +50,20 @@ def demonstrated(rollouts: list[Rollout], comparisons: list[Comparison], *, keep
     return rows.collate(pad_id=pad_id)
 
 
+def demonstration_and_answers(rollouts: list[Rollout], comparisons: list[Comparison], *, keep: str = "all",
+                              pad_id: int) -> TrainBatch:
+    """Per demonstration: the demonstrated answer (side 0) and all of π_t's K answers (side 1)."""
+    by_demo: dict = defaultdict(dict)
+    for r in rollouts:
+        by_demo[(r.conversation_id, r.iteration)][r.sample] = r
+    rows = Rows()
+    for answers in by_demo.values():
+        rows.add([answers[-1]], side=0)
+        rows.add([answers[j] for j in sorted(answers) if j >= 0], side=1)
+        rows.next_example()
+    return rows.collate(pad_id=pad_id)
+
+
 def contrast(*, batch: TrainBatch, logp, eta: float, tau: float = 0.0, link: str = "logistic"):
     real, gen = batch.per_example(logp)
     ref_real, ref_gen = batch.per_example(batch.logp_old)
@@ -64,3 +81,5 @@ register_algorithm("irft", build_batch=contrast_pairs, loss=contrast, rollout="d
                    judged=False)
 register_algorithm("sft", build_batch=demonstrated, loss=likelihood, rollout="demos", samples=0, slices=False,
                    judged=False)
+register_algorithm("rft", build_batch=demonstration_and_answers, loss=likelihood, rollout="demos", judged=False,
+                   reward_model=True)  # the learner runs RFT's two steps itself (actors/learner.py)

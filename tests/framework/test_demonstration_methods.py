@@ -65,13 +65,31 @@ def test_sft_on_demonstrations_raises_their_likelihood(small_config, tiny_policy
     assert losses[2] < losses[0]  # the same demonstrations every iteration: their NLL falls
 
 
-def test_irft_resume_continues_with_the_same_metrics(small_config, tiny_policy, tmp_path):
-    common = [*DEMOS, "train.iterations=4", "checkpoint.every=2", "pipeline.ray=false", "algo.name=irft",
+@pytest.mark.parametrize("algo", ["irft", "rft"])
+def test_resume_continues_with_the_same_metrics(small_config, tiny_policy, tmp_path, algo):
+    """IRFT after two of four rounds; RFT with its reward model restored from the checkpoint."""
+    common = [*DEMOS, "train.iterations=4", "checkpoint.every=2", "pipeline.ray=false", f"algo.name={algo}",
               "algo.rounds=4"]
     run_selfplay(small_config(*common), tmp_path / "straight", progress=False)
     run_selfplay(small_config(*common, "train.iterations=2"), tmp_path / "split", progress=False)
     run_selfplay(small_config(*common, "resume=true"), tmp_path / "split", progress=False)
     a, b = ([json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
             for d in ("straight", "split"))
-    for key in ("loss", "rho_mean", "examples", "win_rate_vs_init", "correct"):
+    keys = ("loss", "rho_mean", "examples", "win_rate_vs_init", "correct")
+    if algo == "rft":
+        keys += ("reward_loss", "reward_mean")
+        assert list((tmp_path / "split" / "checkpoints").glob("*/reward_model/model.safetensors"))
+    for key in keys:
         assert [r[key] for r in a[2:]] == pytest.approx([r[key] for r in b[2:]], rel=1e-5, abs=1e-6), key
+
+
+def test_rft_learns_a_reward_that_prefers_the_demonstrations(small_config, tiny_policy, tmp_path):
+    """Four rounds on the same demonstrations: the Bradley–Terry loss of the reward model falls
+    below log 2 (chance) as it learns to rank demonstrations above the policy's own answers."""
+    cfg = small_config(*DEMOS, "train.iterations=4", "pipeline.ray=false", "algo.name=rft", "algo.epochs=3",
+                       "algo.lr=0.003")
+    run_selfplay(cfg, tmp_path, progress=False)
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["reward_loss"] < min(rows[0]["reward_loss"], math.log(2))
+    table = pq.read_table(tmp_path / "rollouts" / "iter_000001.parquet").to_pylist()
+    assert sum(r["sample"] == -1 for r in table) == 16 and sum(r["sample"] >= 0 for r in table) == 16 * 3  # K = 3
