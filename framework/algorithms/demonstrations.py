@@ -1,4 +1,4 @@
-"""Learning from demonstrations on the pipeline (DESIGN §3; issue 5): SFT, SPIN and IRFT.
+"""Learning from demonstrations on the pipeline (DESIGN §3; issue 5): SFT, SPIN, IRFT and RFT.
 
 Each demonstration (state, answer) comes back from the generator scored by the sampling policy
 π_t (``sample = -1``) together with π_t's own answer (``sample 0``). The contrast
