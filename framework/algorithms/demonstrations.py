@@ -26,18 +26,24 @@ from framework.losses import spin_loss
 from framework.records import Comparison, Rollout, TrainBatch
 
 
-def contrast_pairs(rollouts: list[Rollout], comparisons: list[Comparison], *, keep: str = "all",
-                   pad_id: int) -> TrainBatch:
-    """Per demonstration: the demonstrated answer (side 0) against π_t's own first answer (side 1)."""
+def _demonstrations(rollouts: list[Rollout], own: int | None, pad_id: int) -> TrainBatch:
+    """Per demonstration one example: the demonstrated answer (side 0) and π_t's answers (side 1):
+    the first ``own`` of them, or all when ``own`` is None."""
     by_demo: dict = defaultdict(dict)
     for r in rollouts:
         by_demo[(r.conversation_id, r.iteration)][r.sample] = r
     rows = Rows()
     for answers in by_demo.values():
         rows.add([answers[-1]], side=0)
-        rows.add([answers[0]], side=1)
+        rows.add([answers[j] for j in sorted(answers) if j >= 0][:own], side=1)
         rows.next_example()
     return rows.collate(pad_id=pad_id)
+
+
+def contrast_pairs(rollouts: list[Rollout], comparisons: list[Comparison], *, keep: str = "all",
+                   pad_id: int) -> TrainBatch:
+    """Per demonstration: the demonstrated answer (side 0) against π_t's own first answer (side 1)."""
+    return _demonstrations(rollouts, 1, pad_id)
 
 
 def demonstrated(rollouts: list[Rollout], comparisons: list[Comparison], *, keep: str = "all",
@@ -53,15 +59,7 @@ def demonstrated(rollouts: list[Rollout], comparisons: list[Comparison], *, keep
 def demonstration_and_answers(rollouts: list[Rollout], comparisons: list[Comparison], *, keep: str = "all",
                               pad_id: int) -> TrainBatch:
     """Per demonstration: the demonstrated answer (side 0) and all of π_t's K answers (side 1)."""
-    by_demo: dict = defaultdict(dict)
-    for r in rollouts:
-        by_demo[(r.conversation_id, r.iteration)][r.sample] = r
-    rows = Rows()
-    for answers in by_demo.values():
-        rows.add([answers[-1]], side=0)
-        rows.add([answers[j] for j in sorted(answers) if j >= 0], side=1)
-        rows.next_example()
-    return rows.collate(pad_id=pad_id)
+    return _demonstrations(rollouts, None, pad_id)
 
 
 def contrast(*, batch: TrainBatch, logp, eta: float, tau: float = 0.0, link: str = "logistic"):
