@@ -55,12 +55,9 @@ class RolloutGenerator:
 
     def encode_answer(self, messages: list[dict], text: str) -> list[int]:
         """The tokens of an assistant turn ``text`` after ``messages``, as the chat template writes it."""
-        prompt = self.encode(messages)
-        full = list(self.tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": text}],
-                                                       tokenize=True)["input_ids"])
-        if full[: len(prompt)] != prompt:
-            raise ValueError("the chat template does not extend the generation prompt with the answer")
-        return full[len(prompt):]
+        from framework.models import answer_ids
+
+        return answer_ids(self.tokenizer, messages, text)[1]
 
     def respond(self, demonstrations: list[tuple[str, list[dict], str]], *, k: int, iteration: int,
                 seed: int) -> list[Rollout]:
@@ -115,7 +112,8 @@ class RolloutGenerator:
             keys = list(threads)
             prompts = {key: self.encode(threads[key]) for key in keys}
             fans = [key for key in keys if key[1] == -1 and (mode != "paths" or turn == 0)]
-            singles = [key for key in keys if key not in set(fans)]
+            fanned = set(fans)
+            singles = [key for key in keys if key not in fanned]
             drawn = {}
             for group, draws, offset in ((fans, k, 0), (singles, 1, 500)):
                 if group:

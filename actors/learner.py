@@ -52,11 +52,13 @@ class Learner:
         return sequence_logprob(token_logp=token_logprobs(logits=logits, input_ids=batch.input_ids),
                                 mask=batch.response_mask)
 
-    def _step(self, loss: torch.Tensor) -> float:
-        self.optimizer.zero_grad(set_to_none=True)
+    def _step(self, loss: torch.Tensor, optimizer=None, module=None) -> float:
+        """One clipped step of ``optimizer`` on ``module`` (default: the policy's)."""
+        optimizer, module = optimizer or self.optimizer, module or self.module
+        optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), 1.0)
-        self.optimizer.step()
+        norm = torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+        optimizer.step()
         return float(norm)
 
     def train(self, batch: TrainBatch, *, algorithm: str, eta: float, tau: float = 0.0, link: str = "logistic",
@@ -124,14 +126,10 @@ class Learner:
         for _ in range(epochs):
             for mb in batch.shard(minibatches):
                 r = rm(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits.squeeze(-1)
-                _, example = torch.unique(mb.example, return_inverse=True)
-                demo = mb.side == 0
-                r_demo = r.new_zeros(int(example.max()) + 1).index_put((example[demo],), r[demo])
-                loss = bt_reward_loss(chosen_reward=r_demo[example[~demo]], rejected_reward=r[~demo]).mean()
-                rm_optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(rm.parameters(), 1.0)
-                rm_optimizer.step()
+                r_demo, _ = mb.per_example(r)  # one demonstration row per example
+                own = mb.side == 1
+                loss = bt_reward_loss(chosen_reward=r_demo[mb.example_index()[own]], rejected_reward=r[own]).mean()
+                self._step(loss, rm_optimizer, rm)
                 rm_losses.append(float(loss.detach()))
         own = batch.rows(batch.side == 1)
         with torch.no_grad():

@@ -22,14 +22,32 @@ from framework.config import Config, with_overrides
 METRICS = ("win_rate_vs_sft", "exploitability", "samples", "wall_s")
 
 
-def method_config(cfg: Config, method: str, seed: int) -> Config:
-    extra = list(cfg.compare.overrides.get(method, ()))
-    return with_overrides(cfg, [f"seed={seed}", "job=selfplay", "resume=false", f"algo.name={method}", *extra])
+def method_config(cfg: Config, method: str, seed: int, *extra: str) -> Config:
+    """One run of a comparison: ``method`` with its ``compare.overrides``, then ``extra``."""
+    return with_overrides(cfg, [f"seed={seed}", "job=selfplay", "resume=false", f"algo.name={method}",
+                                *extra, *cfg.compare.overrides.get(method, ())])
+
+
+def run_or_reuse(sub_cfg: Config, sub: Path, label: str) -> dict:
+    """The summary of the finished run in ``sub``, or of the run done now (an interrupted one
+    starts again from scratch)."""
+    import shutil
+
+    from framework.config import to_yaml
+    from framework.driver import run_selfplay
+
+    summary = _finished(sub)
+    if summary is not None:
+        return summary
+    print(f"[{label}] → {sub}", flush=True)
+    if sub.exists():
+        shutil.rmtree(sub)
+    sub.mkdir(parents=True)
+    (sub / "config.yaml").write_text(to_yaml(sub_cfg))
+    return run_selfplay(sub_cfg, sub)
 
 
 def run_compare_job(cfg: Config, run_dir: Path) -> dict:
-    from framework.driver import run_selfplay
-
     run_dir = Path(run_dir)
     algos = [m for m in cfg.compare.methods if m != "sft"] or ["mpo"]  # sft alone still needs a start eval
     started = time.perf_counter()
@@ -38,19 +56,7 @@ def run_compare_job(cfg: Config, run_dir: Path) -> dict:
     for seed in cfg.compare.seeds:
         for i, method in enumerate(algos):
             sub = run_dir / "runs" / f"{method}-seed{seed}"
-            summary = _finished(sub)
-            if summary is None:
-                print(f"[compare] {method}, seed {seed} → {sub}", flush=True)
-                sub_cfg = method_config(cfg, method, seed)
-                if sub.exists():  # an interrupted run: start it again from scratch
-                    import shutil
-
-                    shutil.rmtree(sub)
-                sub.mkdir(parents=True)
-                from framework.config import to_yaml
-
-                (sub / "config.yaml").write_text(to_yaml(sub_cfg))
-                summary = run_selfplay(sub_cfg, sub)
+            summary = run_or_reuse(method_config(cfg, method, seed), sub, f"compare {method}, seed {seed}")
             metrics = [json.loads(line) for line in (sub / "metrics.jsonl").read_text().splitlines()]
             if i == 0 and "sft" in per_seed:
                 start = summary["start"]

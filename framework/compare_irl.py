@@ -20,16 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from framework.compare import aggregate
-from framework.config import Config, to_yaml, with_overrides
+from framework import compare
+from framework.config import Config
 from framework.errors import InputError
 
 METRICS = ("correctness", "win_rate_vs_sft", "implicit_reward_acc", "wall_s")
 
 
 def method_config(cfg: Config, method: str, variant: str, seed: int) -> Config:
-    extra = [*cfg.compare.variants.get(variant, ()), *cfg.compare.overrides.get(method, ())]
-    return with_overrides(cfg, [f"seed={seed}", "job=selfplay", "resume=false", f"algo.name={method}", *extra])
+    return compare.method_config(cfg, method, seed, *cfg.compare.variants.get(variant, ()))
 
 
 def check(cfg: Config) -> None:
@@ -63,7 +62,7 @@ def implicit_reward_accuracy(cfg: Config, policy: str, init: str, *, conversatio
 
 
 def run_compare_irl_job(cfg: Config, run_dir: Path) -> dict:
-    from framework.driver import evaluate_policy, run_selfplay
+    from framework.driver import evaluate_policy
 
     check(cfg)
     run_dir = Path(run_dir)
@@ -77,16 +76,7 @@ def run_compare_irl_job(cfg: Config, run_dir: Path) -> dict:
             for method in methods:
                 key, sub = f"{method}@{variant}", run_dir / "runs" / f"{method}@{variant}-seed{seed}"
                 sub_cfg = method_config(cfg, method, variant, seed)
-                summary = _finished(sub)
-                if summary is None:
-                    print(f"[compare_irl] {key}, seed {seed} → {sub}", flush=True)
-                    if sub.exists():
-                        import shutil
-
-                        shutil.rmtree(sub)
-                    sub.mkdir(parents=True)
-                    (sub / "config.yaml").write_text(to_yaml(sub_cfg))
-                    summary = run_selfplay(sub_cfg, sub)
+                summary = compare.run_or_reuse(sub_cfg, sub, f"compare_irl {key}, seed {seed}")
                 if method == "sft":
                     sft_policy = summary["final_policy"]
                 scores_path = sub / "irl_scores.json"
@@ -105,18 +95,12 @@ def run_compare_irl_job(cfg: Config, run_dir: Path) -> dict:
                               "wall_s": summary["wall_s"]}
                     scores_path.write_text(json.dumps(scores))
                 per_seed[key].append(scores)
-    table = aggregate(per_seed, METRICS)
+    table = compare.aggregate(per_seed, METRICS)
     (run_dir / "comparison.json").write_text(json.dumps(table, indent=1))
     (run_dir / "comparison_seeds.json").write_text(json.dumps(per_seed, indent=1))
     (run_dir / "comparison.md").write_text(markdown(cfg, table, time.perf_counter() - started))
     print((run_dir / "comparison.md").read_text())
     return table
-
-
-def _finished(sub: Path) -> dict | None:
-    path = sub / "summary.json"
-    summary = json.loads(path.read_text()) if path.exists() else None
-    return summary if summary and "final" in summary else None
 
 
 def markdown(cfg: Config, table: dict, wall: float) -> str:

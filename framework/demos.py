@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from framework.errors import InputError
+from framework.errors import InputError, excerpt
 
 ROLES = ("system", "user", "assistant")
 
@@ -44,8 +44,7 @@ def _freeze(message: dict):
 
 
 def _fail(path, row: int, field: str, expected: str, got) -> InputError:
-    shown = repr(got) if len(repr(got)) <= 60 else repr(got)[:57] + "..."
-    return InputError(f"{path}: row {row}: field '{field}': expected {expected}, got {shown}")
+    return InputError(f"{path}: row {row}: field '{field}': expected {expected}, got {excerpt(got)}")
 
 
 def _check_messages(path, row: int, messages) -> list[dict]:

@@ -310,9 +310,10 @@ def run_selfplay(cfg: Config, run_dir: Path, *, progress: bool = True) -> dict:
                 # `version` iterations are complete (whichever stage failed).
                 save_checkpoint(roles, run_dir, version, version, counters, cfg.checkpoint.keep, cache=cache)
                 raise
+            generated = sum(r.sample >= 0 for r in rollouts)  # demonstrations are sample -1
             counters["dropped_stale"] += len(stale)
             counters["samples_total"] += len(batch)
-            counters["generated_total"] += sum(r.sample >= 0 for r in rollouts)  # demonstrations are -1
+            counters["generated_total"] += generated
             ages = [version - 1 - r.policy_version for r in fresh]
             with timed(m, "checkpoint"):
                 if (t + 1) % cfg.checkpoint.every == 0 and t + 1 < cfg.train.iterations:
@@ -323,7 +324,7 @@ def run_selfplay(cfg: Config, run_dir: Path, *, progress: bool = True) -> dict:
             with timed(m, "log"):
                 write_records(run_dir, t + 1, fresh, stale, comparisons, learner_version=version - 1)
                 elapsed = time.perf_counter() - wall
-                m.update(policy_version=version, samples=len(batch), generated=sum(r.sample >= 0 for r in rollouts),
+                m.update(policy_version=version, samples=len(batch), generated=generated,
                          samples_per_s=len(batch) / elapsed,
                          iteration_s=elapsed, staleness_mean=float(np.mean(ages)) if ages else 0.0,
                          dropped_stale=len(stale), dropped_stale_total=counters["dropped_stale"])
@@ -384,8 +385,6 @@ def evaluate_policy(cfg: Config, policy: str, reference: str, *, conversations: 
                     seed: int) -> dict:
     """Judge win rate of ``policy`` against ``reference`` on held-out states (95% interval), and
     the task's exploitability estimate where it has one; in this process, no Ray."""
-    import dataclasses
-
     from actors.remote import make_cluster
     from games.tasks import get_task
 

@@ -1,6 +1,12 @@
 """Errors that reach users as one line (the CLI prints them and exits with code 2)."""
 
 
+def excerpt(value, width: int = 60) -> str:
+    """``repr(value)``, cut to ``width`` characters, for an error message about bad input."""
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 class AlignplayError(Exception):
     """Base class of every error alignplay raises on purpose."""
 

@@ -114,6 +114,17 @@ def build_tiny_model(spec: TinyModelSpec, corpus: list[str], *, seed: int = 0,
     return out
 
 
+def answer_ids(tokenizer, messages: list[dict], text: str) -> tuple[list[int], list[int]]:
+    """(prompt ids, answer ids): the generation prompt after ``messages`` and the tokens the chat
+    template writes for the assistant turn ``text`` after it."""
+    prompt = list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)["input_ids"])
+    full = list(tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": text}],
+                                              tokenize=True)["input_ids"])
+    if full[: len(prompt)] != prompt:
+        raise ValueError("the chat template does not extend the generation prompt with the answer")
+    return prompt, full[len(prompt):]
+
+
 def check_model_path(path: str | Path, field: str = "model.path") -> None:
     """A local path must exist; anything else must look like a hub id (``org/name``)."""
     local = Path(path).expanduser()

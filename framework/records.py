@@ -92,19 +92,23 @@ class TrainBatch:
         examples = torch.unique(self.example)
         return [self.rows(torch.isin(self.example, part)) for part in examples.tensor_split(n)]
 
+    def example_index(self) -> torch.Tensor:
+        """(B,) each row's example as 0..E−1, examples ordered by their index."""
+        return torch.unique(self.example, return_inverse=True)[1]
+
     def per_example(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Sums of a per-row quantity over each example's side-0 and side-1 rows: (E,), (E,).
 
         Examples are ordered by their index; a side with no rows sums to 0.
         """
-        _, inverse = torch.unique(self.example, return_inverse=True)
+        inverse = self.example_index()
         n = int(inverse.max()) + 1 if len(inverse) else 0
         out = values.new_zeros((2, n)).index_put((self.side, inverse), values, accumulate=True)
         return out[0], out[1]
 
     def first_of_example(self, values: torch.Tensor) -> torch.Tensor:
         """A per-example quantity stored on every row of the example: (E,), ordered like ``per_example``."""
-        _, inverse = torch.unique(self.example, return_inverse=True)
+        inverse = self.example_index()
         n = int(inverse.max()) + 1 if len(inverse) else 0
         return values.new_zeros(n).index_put((inverse,), values)
 

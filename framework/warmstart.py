@@ -14,23 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from framework.config import Config
-from framework.models import build_tiny_model, default_cache_dir
+from framework.models import answer_ids, build_tiny_model, default_cache_dir
 
 
 def sft_pairs(tokenizer, demos) -> tuple[list[list[int]], list[list[int]]]:
     """(prompt ids, response ids) of each demonstration, cut where the chat template puts the answer."""
-    prompts, responses = [], []
-    for d in demos:
-        messages = d.messages
-        prompt = list(tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                                    tokenize=True)["input_ids"])
-        full = list(tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": d.response}],
-                                                  tokenize=True)["input_ids"])
-        if full[: len(prompt)] != prompt:
-            raise ValueError("the chat template does not extend the generation prompt with the answer")
-        prompts.append(prompt)
-        responses.append(full[len(prompt):])
-    return prompts, responses
+    pairs = [answer_ids(tokenizer, d.messages, d.response) for d in demos]
+    return [p for p, _ in pairs], [r for _, r in pairs]
 
 
 def warm_start_demonstrations(cfg: Config, task):

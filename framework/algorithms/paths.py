@@ -42,12 +42,6 @@ def paths(rollouts: list[Rollout], comparisons: list[Comparison]):
     return out
 
 
-def path_rows(path: list[Rollout]):
-    """The rows of one path: prompts, responses, log-probs and versions of its turns."""
-    return ([r.prompt_ids for r in path], [r.response_ids for r in path], [r.logprob for r in path],
-            [r.policy_version for r in path])
-
-
 class Rows:
     """Accumulates collate() arguments for multi-row examples."""
 

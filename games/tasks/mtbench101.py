@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from framework.errors import InputError
+from framework.errors import InputError, excerpt
 from games.conversation import Conversation, Episode, ScriptedUser
 
 
@@ -37,8 +37,7 @@ class Dialogue:
 
 
 def _fail(path, line: int, where: str, expected: str, got) -> InputError:
-    shown = repr(got) if len(repr(got)) <= 60 else repr(got)[:57] + "..."
-    return InputError(f"{path}:{line}: {where}: expected {expected}, got {shown}")
+    return InputError(f"{path}:{line}: {where}: expected {expected}, got {excerpt(got)}")
 
 
 def load_mtbench101(path: str | Path) -> list[Dialogue]:
