@@ -28,9 +28,9 @@ def method_config(cfg: Config, method: str, seed: int, *extra: str) -> Config:
                                 *extra, *cfg.compare.overrides.get(method, ())])
 
 
-def run_or_reuse(sub_cfg: Config, sub: Path, label: str) -> dict:
-    """The summary of the finished run in ``sub``, or of the run done now (an interrupted one
-    starts again from scratch)."""
+def run_or_reuse(sub_cfg: Config, sub: Path, label: str, run=None) -> dict:
+    """The summary of the finished run in ``sub``, or of the run done now by ``run`` (default:
+    a self-play run; an interrupted one starts again from scratch)."""
     import shutil
 
     from framework.config import to_yaml
@@ -44,7 +44,7 @@ def run_or_reuse(sub_cfg: Config, sub: Path, label: str) -> dict:
         shutil.rmtree(sub)
     sub.mkdir(parents=True)
     (sub / "config.yaml").write_text(to_yaml(sub_cfg))
-    return run_selfplay(sub_cfg, sub)
+    return (run or run_selfplay)(sub_cfg, sub)
 
 
 def run_compare_job(cfg: Config, run_dir: Path) -> dict:
@@ -104,8 +104,9 @@ def aggregate(per_seed: dict, metrics: tuple[str, ...] = (*METRICS, "correct")) 
                 entry[key] = float(np.mean(values))
                 entry[f"{key}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
         # the judge's 95% interval of the mean win rate (independent evaluations per seed)
-        cis = [r["win_rate_vs_sft_ci95"] for r in rows]
-        entry["win_rate_vs_sft_ci95"] = float(np.sqrt(np.sum(np.square(cis))) / len(cis))
+        cis = [r["win_rate_vs_sft_ci95"] for r in rows if "win_rate_vs_sft_ci95" in r]
+        if cis:
+            entry["win_rate_vs_sft_ci95"] = float(np.sqrt(np.sum(np.square(cis))) / len(cis))
         out[method] = entry
     return out
 

@@ -291,6 +291,119 @@ class CheckpointConfig:
     """How many periodic checkpoints to keep (the final one is always kept)."""
 
 
+#: ``job: dp`` methods (privacy/learner.py); a comparison's ``<method>@<ε>`` keys use them too.
+DP_METHODS = ("nondp", "public_only", "dp_scratch", "dp_continual")
+
+
+@dataclass(frozen=True)
+class DPCorpusConfig:
+    """The DP pre-training corpus: standard-library docstrings, split by text hash (privacy/corpus.py)."""
+
+    public_fraction: float = 0.1
+    """Share of the (non-held-out) documents that are public."""
+    eval_fraction: float = 0.05
+    """Share of the documents held out for evaluation."""
+    max_chars: Optional[int] = 900_000
+    """Keep this many characters of the corpus (a deterministic subset; empty = all, ~2 MB)."""
+    seq_len: int = 64
+    """Tokens per training sequence (the unit of privacy)."""
+
+    def __post_init__(self):
+        if not 0 < self.public_fraction < 1 or not 0 < self.eval_fraction < 1:
+            raise ConfigError("public_fraction", "public_fraction and eval_fraction must be in (0, 1)")
+        if self.seq_len < 8:
+            raise ConfigError("seq_len", f"must be ≥ 8, got {self.seq_len}")
+        if self.max_chars is not None and self.max_chars < 10_000:
+            raise ConfigError("max_chars", f"must be ≥ 10000 (or empty for all), got {self.max_chars}")
+
+
+@dataclass(frozen=True)
+class DPConfig:
+    """``job: dp``: (DP) continual pre-training on the stdlib corpus (privacy/learner.py)."""
+
+    method: str = "dp_continual"
+    """``nondp`` (all data, no privacy), ``public_only``, ``dp_scratch`` (DP from the initial model)
+    or ``dp_continual`` (public phase, then DP-AdamW on the private split)."""
+    target_epsilon: float = 8.0
+    """The privacy budget ε of the private phase (dp_scratch, dp_continual)."""
+    delta: Optional[float] = None
+    """δ; empty = 1/(10·N) with N private sequences (δ = 1/N is too weak: publishing one random
+    record meets it)."""
+    noise_multiplier: Optional[float] = None
+    """σ; empty = the smallest σ whose private_steps steps fit target_epsilon."""
+    stop_at_budget: bool = False
+    """With an explicit σ whose schedule would exceed ε: run and stop at the last step inside the
+    budget (default: refuse the config)."""
+    accountant: str = "rdp"
+    """``rdp`` or ``prv`` (Opacus's accountants)."""
+    max_grad_norm: float = 1.0
+    """R, the per-sample clipping bound."""
+    batch_size: int = 256
+    """Logical batch: expected size of a Poisson batch (private phase), exact size otherwise."""
+    physical_batch: int = 0
+    """Sequences per forward/backward inside a logical batch (0 = all at once)."""
+    lr: float = 2e-3
+    """AdamW learning rate (both phases)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    public_steps: int = 300
+    """Steps of the public phase (dp_continual: the latest switch point)."""
+    private_steps: int = 400
+    """DP steps (dp_scratch, dp_continual); nondp and public_only take public_steps + private_steps steps."""
+    switch: str = "step"
+    """dp_continual: switch after public_steps (``step``) or when the public training loss
+    plateaus (``plateau``; decided from public data only)."""
+    plateau_window: int = 50
+    """Plateau test: compare the mean public loss of the last two windows of this many steps."""
+    plateau_tol: float = 0.01
+    """Plateau: switch when the relative improvement between the windows is below this."""
+    grad_sample_mode: str = "auto"
+    """Per-sample gradients: ``ghost`` (Opacus ghost clipping; untied parameters), ``hooks`` or
+    ``auto`` (ghost when the model allows it)."""
+    canaries: int = 200
+    """Audit canaries (random secret strings, each put into the private split with probability ½)."""
+    eval_every: int = 50
+    """Evaluate (held-out loss and, with diagnostics, the curvature analysis) every this many steps."""
+    eval_sequences: int = 512
+    """Held-out sequences per evaluation."""
+    diagnostics: bool = True
+    """Log GᵀG, GᵀHG, tr(H), the noise term and the predicted step at each evaluation."""
+    diag_batch: int = 64
+    """Held-out sequences for the curvature diagnostics."""
+    hutchinson_probes: int = 4
+    """Rademacher vectors for tr(H)."""
+    threads: int = 2
+    """torch threads of the learner."""
+    corpus: DPCorpusConfig = field(default_factory=DPCorpusConfig)
+
+    def __post_init__(self):
+        if self.method not in DP_METHODS:
+            raise ConfigError("method", f"must be one of {DP_METHODS}, got {self.method!r}")
+        if not self.target_epsilon > 0:
+            raise ConfigError("target_epsilon", f"must be > 0, got {self.target_epsilon}")
+        if self.delta is not None and not 0 < self.delta < 1:
+            raise ConfigError("delta", f"must be in (0, 1), got {self.delta}")
+        if self.noise_multiplier is not None and not self.noise_multiplier > 0:
+            raise ConfigError("noise_multiplier", f"must be > 0, got {self.noise_multiplier}")
+        if self.accountant not in ("rdp", "prv"):
+            raise ConfigError("accountant", f"must be 'rdp' or 'prv', got {self.accountant!r}")
+        if self.switch not in ("step", "plateau"):
+            raise ConfigError("switch", f"must be 'step' or 'plateau', got {self.switch!r}")
+        if self.grad_sample_mode not in ("auto", "ghost", "hooks"):
+            raise ConfigError("grad_sample_mode", f"must be 'auto', 'ghost' or 'hooks', got {self.grad_sample_mode!r}")
+        if not self.max_grad_norm > 0 or not self.lr > 0:
+            raise ConfigError("max_grad_norm", "max_grad_norm > 0 and lr > 0 are required")
+        for name in ("batch_size", "eval_every", "eval_sequences", "diag_batch", "hutchinson_probes", "threads",
+                     "plateau_window"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, f"must be ≥ 1, got {getattr(self, name)}")
+        for name in ("public_steps", "private_steps", "physical_batch", "canaries"):
+            if getattr(self, name) < 0:
+                raise ConfigError(name, f"must be ≥ 0, got {getattr(self, name)}")
+        if self.canaries == 1 or (self.canaries and self.canaries < 10):
+            raise ConfigError("canaries", f"the audit needs 0 or ≥ 10 canaries, got {self.canaries}")
+
+
 @dataclass(frozen=True)
 class CompareConfig:
     """``job: compare``: every method on the same task, budget and seeds (``framework.compare``)."""
@@ -308,7 +421,7 @@ class CompareConfig:
     def __post_init__(self):
         from framework.algorithms import algorithm_names
 
-        known = ["sft", *algorithm_names()]
+        known = ["sft", *algorithm_names(), *DP_METHODS]
         for m in self.methods:
             if m not in known:
                 raise ConfigError("methods", f"unknown method {m!r}; choose from {known}")
@@ -330,7 +443,8 @@ class Config:
 
     job: str = "selfplay"
     """What to run: ``selfplay`` (the Ray pipeline), ``compare`` (self-play methods side by side),
-    ``compare_irl`` (learning from demonstrations side by side) or ``lab`` (the exact game lab)."""
+    ``compare_irl`` (learning from demonstrations side by side), ``dp`` (DP continual pre-training),
+    ``compare_dp`` (DP pre-training methods side by side) or ``lab`` (the exact game lab)."""
     seed: int = 0
     """Seed of every random choice of the run."""
     quick: bool = False
@@ -351,6 +465,7 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
     demos: DemosConfig = field(default_factory=DemosConfig)
+    dp: DPConfig = field(default_factory=DPConfig)
 
     def __post_init__(self):
         from framework.jobs import JOBS
@@ -367,7 +482,9 @@ class Config:
 #: single run here; a comparison runs one seed of each of its runs, < 10 minutes).
 QUICK = {"compare.seeds": [0], "demos.count": 400, "lab.iters": 300, "lab.markov_games": 2,
          "train.iterations": 12, "warm_start.steps": 300, "eval.every": 6, "eval.conversations": 20,
-         "eval.final_conversations": 40, "checkpoint.every": 6}
+         "eval.final_conversations": 40, "checkpoint.every": 6,
+         "dp.public_steps": 40, "dp.private_steps": 40, "dp.batch_size": 64, "dp.eval_every": 20,
+         "dp.eval_sequences": 128, "dp.corpus.max_chars": 300_000, "dp.canaries": 100}
 
 
 def _first_line(e: Exception) -> str:

@@ -134,9 +134,39 @@ def preflight_compare_irl(cfg: "Config", run_dir: Path) -> None:
     check(cfg)
 
 
+def run_dp_job(cfg: "Config", run_dir: Path) -> None:
+    """DP (or baseline) continual pre-training on the stdlib corpus, then its report."""
+    from framework.dp import run_dp
+    from framework.dp_report import print_summary, write_report
+
+    summary = run_dp(cfg, run_dir)
+    write_report(run_dir)
+    print_summary(summary, run_dir)
+
+
+def preflight_dp(cfg: "Config", run_dir: Path) -> None:
+    from framework.dp import preflight
+
+    preflight(cfg, run_dir)
+
+
+def run_compare_dp_job(cfg: "Config", run_dir: Path) -> None:
+    """Every DP pre-training method of ``compare.methods`` per ε (``framework.compare_dp``)."""
+    from framework.compare_dp import run_compare_dp_job as run
+
+    run(cfg, run_dir)
+
+
+def preflight_compare_dp(cfg: "Config", run_dir: Path) -> None:
+    from framework.compare_dp import check
+
+    check(cfg)
+
+
 JOBS = {"lab": run_lab_job, "selfplay": run_selfplay_job, "compare": run_compare_job,
-        "compare_irl": run_compare_irl_job}
-PREFLIGHT = {"selfplay": preflight_selfplay, "compare": preflight_compare, "compare_irl": preflight_compare_irl}
+        "compare_irl": run_compare_irl_job, "dp": run_dp_job, "compare_dp": run_compare_dp_job}
+PREFLIGHT = {"selfplay": preflight_selfplay, "compare": preflight_compare, "compare_irl": preflight_compare_irl,
+             "dp": preflight_dp, "compare_dp": preflight_compare_dp}
 
 
 def run_job(cfg: "Config", run_dir: Path) -> None:

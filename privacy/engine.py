@@ -1,0 +1,178 @@
+"""Per-sample clipping and Gaussian noise for a causal LM, with Opacus underneath.
+
+``PrivateEngine`` wraps the user's own model and optimizer (Opacus's ``GradSampleModule`` /
+ghost-clipping module and ``DPOptimizer``); ``step`` takes one *logical* batch of sequences —
+split into physical chunks the way Opacus's ``BatchMemoryManager`` does (clip and accumulate,
+skip the update until the last chunk) — and makes one noisy update. Sampling and accounting are
+the caller's (the DP learner owns its Poisson sampler and its budget).
+
+``check_model`` runs before anything trains: layers Opacus cannot make private (BatchNorm, …)
+and tied parameters under ghost clipping are errors naming the modules; ``layer_report`` says per
+module how its per-sample gradient is computed (ghost norm, per-sample hooks, functorch fallback).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from framework.errors import InputError
+
+MODES = ("auto", "ghost", "hooks")
+
+
+def tied_parameters(model: nn.Module) -> list[str]:
+    """Names of parameters that appear under more than one name (e.g. tied embeddings)."""
+    seen: dict[int, str] = {}
+    tied = []
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen:
+            tied.append(f"{name} (= {seen[id(p)]})")
+        else:
+            seen[id(p)] = name
+    return tied
+
+
+def resolve_mode(model: nn.Module, mode: str) -> str:
+    """``auto``: ghost clipping unless parameters are tied (Opacus's ghost mode refuses them)."""
+    if mode not in MODES:
+        raise InputError(f"grad_sample_mode must be one of {MODES}, got {mode!r}")
+    if mode == "auto":
+        return "hooks" if tied_parameters(model) else "ghost"
+    return mode
+
+
+def layer_report(model: nn.Module, mode: str) -> dict[str, list[str]]:
+    """Trainable modules by how their per-sample gradients are computed under ``mode``."""
+    from opacus.grad_sample import GradSampleModule
+    from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import (
+        GradSampleModuleFastGradientClipping as Ghost,
+    )
+
+    report: dict[str, list[str]] = {"ghost_norm": [], "per_sample_hooks": [], "functorch_fallback": []}
+    for name, m in model.named_modules():
+        if not any(p.requires_grad for p in m.parameters(recurse=False)):
+            continue
+        if mode == "ghost" and type(m) in Ghost.NORM_SAMPLERS:
+            report["ghost_norm"].append(name)
+        elif type(m) in GradSampleModule.GRAD_SAMPLERS:
+            report["per_sample_hooks"].append(name)
+        else:
+            report["functorch_fallback"].append(f"{name} ({type(m).__name__})")
+    return report
+
+
+def check_model(model: nn.Module, mode: str) -> None:
+    """Errors, naming the modules, for what cannot be trained privately under ``mode``."""
+    from opacus.validators import ModuleValidator
+
+    was_training = model.training
+    model.train()  # the validator inspects the training-mode model
+    errors = ModuleValidator.validate(model, strict=False)
+    model.train(was_training)
+    if errors:
+        names = "; ".join(str(e).splitlines()[0] for e in errors[:5])
+        raise InputError(f"the model has layers that per-sample clipping cannot handle: {names} "
+                         f"(e.g. BatchNorm mixes examples; use GroupNorm/LayerNorm)")
+    if mode == "ghost" and (tied := tied_parameters(model)):
+        raise InputError(f"ghost clipping needs untied parameters, but these are tied: {', '.join(tied)} "
+                         f"(untie them, e.g. tie_word_embeddings=False, or use grad_sample_mode=hooks)")
+
+
+def lm_loss(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """Per-sequence mean next-token loss, (B,)."""
+    b, t, v = logits.shape
+    per_token = F.cross_entropy(logits[:, :-1].reshape(-1, v), input_ids[:, 1:].reshape(-1), reduction="none")
+    return per_token.view(b, t - 1).mean(dim=1)
+
+
+class PrivateEngine:
+    """Opacus's per-sample clipping (ghost or hooks) and noise around a model and its optimizer.
+
+    Args:
+        model: the causal LM (left as is; ``self.module`` wraps it, parameters shared).
+        optimizer: its optimizer; its state (e.g. Adam moments) is kept.
+        noise_multiplier: σ (noise std = σ · max_grad_norm on the summed clipped gradient).
+        max_grad_norm: R, the per-sample clipping bound.
+        expected_batch_size: q · N, the divisor of the noisy sum (Poisson batches vary in size).
+        mode: ``auto`` | ``ghost`` | ``hooks``.
+        generator: torch generator of the noise (seeded runs are reproducible; not secure RNG).
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, noise_multiplier: float,
+                 max_grad_norm: float, expected_batch_size: int, mode: str = "auto",
+                 generator: torch.Generator | None = None):
+        from opacus.grad_sample.utils import prepare_module
+        from opacus.optimizers import get_optimizer_class
+
+        if noise_multiplier < 0 or not max_grad_norm > 0 or expected_batch_size < 1:
+            raise InputError(f"need noise_multiplier ≥ 0, max_grad_norm > 0 and expected_batch_size ≥ 1, got "
+                             f"{noise_multiplier}, {max_grad_norm}, {expected_batch_size}")
+        self.mode = resolve_mode(model, mode)
+        check_model(model, self.mode)
+        self.model = model
+        extra = {"max_grad_norm": max_grad_norm} if self.mode == "ghost" else {}
+        self.module = prepare_module(model, grad_sample_mode=self.mode, batch_first=True,
+                                     loss_reduction="mean", **extra)
+        cls = get_optimizer_class(clipping="flat", distributed=False, grad_sample_mode=self.mode)
+        self.optimizer = cls(optimizer=optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
+                             expected_batch_size=expected_batch_size, loss_reduction="mean", generator=generator)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+
+    def _backward(self, chunk: torch.Tensor) -> torch.Tensor:
+        """Forward and backward of one physical chunk; per-sample losses (B,)."""
+        logits = self.module(input_ids=chunk).logits
+        loss = lm_loss(logits, chunk)
+        if self.mode == "ghost":
+            from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
+
+            DPTensorFastGradientClipping(self.module, self.optimizer, loss, "mean").backward()
+        else:
+            loss.mean().backward()
+        return loss.detach()
+
+    def step(self, batch: torch.Tensor, *, physical_batch: int | None = None) -> float:
+        """One noisy update on a logical batch (N, T) of token ids; returns its mean loss."""
+        if any(p.grad is not None and p.grad.abs().sum() > 0 for p in self.params):
+            raise InputError("the model already holds aggregated gradients (a backward outside the private "
+                             "engine?): per-sample clipping needs them per example; zero them first")
+        self.module.train()
+        if len(batch) == 0:  # an empty Poisson batch still costs a step: pure noise
+            for p in self.params:
+                p.summed_grad = torch.zeros_like(p)
+            self.optimizer.add_noise()
+            self.optimizer.scale_grad()
+            self.optimizer.original_optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            return float("nan")
+        size = physical_batch or len(batch)
+        chunks = list(torch.split(batch, size))
+        losses = []
+        for i, chunk in enumerate(chunks):
+            self.optimizer.signal_skip_step(do_skip=i < len(chunks) - 1)
+            losses.append(self._backward(chunk))
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return float(torch.cat(losses).mean())
+
+    def per_sample_norms(self, batch: torch.Tensor) -> torch.Tensor:
+        """Per-sample gradient norms of a batch, before clipping (for tests and diagnostics)."""
+        if self.mode == "ghost":
+            logits = self.module(input_ids=batch).logits
+            lm_loss(logits, batch).mean().backward(retain_graph=False)
+            norms = self.module.get_norm_sample()
+        else:
+            loss = lm_loss(self.module(input_ids=batch).logits, batch).mean()
+            loss.backward()
+            norms = torch.stack([p.grad_sample.reshape(len(batch), -1).norm(dim=1) for p in self.params],
+                                dim=1).norm(dim=1)
+        self.optimizer.zero_grad(set_to_none=True)
+        for p in self.params:
+            p.grad_sample = None
+        return norms.detach()
+
+    def detach(self) -> nn.Module:
+        """Remove Opacus's hooks; the plain model (same parameters) comes back."""
+        self.module._close()
+        return self.model

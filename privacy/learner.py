@@ -1,0 +1,318 @@
+"""``DPLearner``: DP continual pre-training as one role (a plain class; Ray wraps it elsewhere).
+
+It owns everything private: the private split (with the audit's canaries), its Poisson sampler,
+the noise generator and the privacy budget. Nothing private leaves it: the driver sees step
+counts, ε, and losses on public or held-out data only (a private batch's loss is itself a
+non-private release, so it is not reported).
+
+Methods (``method``), each a schedule of phases over one model and one AdamW:
+  nondp         non-private steps on public ∪ private, public_steps + private_steps of them
+  public_only   non-private steps on the public split, the same number
+  dp_scratch    private_steps DP-AdamW steps on the private split, from the initial model
+  dp_continual  non-private steps on the public split until the switch (``switch=step``: after
+                public_steps; ``plateau``: when the public training loss stops improving, at most
+                public_steps), then private_steps DP-AdamW steps. At the switch the privacy engine
+                wraps the same AdamW, whose first moment is reset (second moment and step kept).
+
+A driver calls ``sample`` → ``update`` → ``account`` per step, ``evaluate`` now and then,
+``save``/``load`` for checkpoints and ``audit`` at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from framework.errors import InputError
+from privacy import corpus as corpus_lib
+from privacy.accounting import Budget, epsilon, noise_multiplier_for
+
+METHODS = ("nondp", "public_only", "dp_scratch", "dp_continual")
+PRIVATE_METHODS = ("dp_scratch", "dp_continual")
+
+
+class BudgetExhausted(InputError):
+    """The next step would spend more than the target ε; the run stops before it."""
+
+
+class DPLearner:
+    def __init__(self, *, model_path: str, method: str, seed: int, public_fraction: float, eval_fraction: float,
+                 max_chars: int | None, seq_len: int, canaries: int, batch_size: int, physical_batch: int,
+                 lr: float, weight_decay: float, public_steps: int, private_steps: int, switch: str,
+                 plateau_window: int, plateau_tol: float, target_epsilon: float, delta: float | None,
+                 noise_multiplier: float | None, stop_at_budget: bool, accountant: str, max_grad_norm: float,
+                 grad_sample_mode: str, eval_sequences: int, diag_batch: int, hutchinson_probes: int,
+                 threads: int = 1):
+        from framework.models import load_policy
+
+        if method not in METHODS:
+            raise InputError(f"dp.method must be one of {METHODS}, got {method!r}")
+        torch.set_num_threads(threads)
+        torch.manual_seed(seed)
+        self.method, self.seed = method, seed
+        self.batch_size, self.physical_batch = batch_size, physical_batch or None
+        self.public_steps, self.private_steps = public_steps, private_steps
+        self.switch, self.plateau_window, self.plateau_tol = switch, plateau_window, plateau_tol
+        self.max_grad_norm, self.grad_sample_mode = max_grad_norm, grad_sample_mode
+        self.eval_sequences, self.diag_batch, self.probes = eval_sequences, diag_batch, hutchinson_probes
+
+        self.model, self.tokenizer = load_policy(model_path)
+        if self.model.config.max_position_embeddings < seq_len:
+            raise InputError(f"dp.corpus.seq_len={seq_len} exceeds the model's "
+                             f"max_position_embeddings={self.model.config.max_position_embeddings}")
+        splits = corpus_lib.split_documents(corpus_lib.stdlib_documents(), public_fraction=public_fraction,
+                                            eval_fraction=eval_fraction, max_chars=max_chars)
+        pack = lambda texts: torch.from_numpy(corpus_lib.pack(texts, self.tokenizer, seq_len=seq_len))
+        self.public, self.eval_data = pack(splits.public), pack(splits.eval)
+        self.canaries = corpus_lib.make_canaries(canaries, seed=seed)
+        self.coins = corpus_lib.canary_coins(canaries, seed=seed)
+        self.canary_data = torch.from_numpy(corpus_lib.canary_sequences(self.canaries, self.tokenizer,
+                                                                        seq_len=seq_len))
+        self.private = torch.cat([pack(splits.private), self.canary_data[torch.from_numpy(self.coins)]])
+        if min(len(self.public), len(self.private), len(self.eval_data)) < 1:
+            raise InputError("dp.corpus: a split is empty (raise dp.corpus.max_chars)")
+        if batch_size > len(self.private):
+            raise InputError(f"dp.batch_size={batch_size} exceeds the {len(self.private)} private sequences")
+
+        if method in PRIVATE_METHODS:  # what cannot be made private fails now, not at the switch
+            from privacy.engine import check_model, resolve_mode
+
+            check_model(self.model, resolve_mode(self.model, grad_sample_mode))
+        self.sample_rate = batch_size / len(self.private)
+        self.delta = delta if delta is not None else 1 / (10 * len(self.private))
+        self.noise_multiplier = 0.0
+        self.budget = None
+        if method in PRIVATE_METHODS:
+            self.budget = Budget(target_epsilon=target_epsilon, delta=self.delta, accountant=accountant)
+            if noise_multiplier is None:
+                self.noise_multiplier = noise_multiplier_for(
+                    target_epsilon=target_epsilon, delta=self.delta, sample_rate=self.sample_rate,
+                    steps=private_steps, accountant=accountant)
+            else:
+                self.noise_multiplier = noise_multiplier
+                planned = epsilon(noise_multiplier=noise_multiplier, sample_rate=self.sample_rate,
+                                  steps=private_steps, delta=self.delta, accountant=accountant)
+                if planned > target_epsilon and not stop_at_budget:
+                    raise InputError(
+                        f"dp: the schedule does not fit the budget: {private_steps} steps at σ={noise_multiplier}, "
+                        f"q={self.sample_rate:.4g} spend ε={planned:.3f} > dp.target_epsilon={target_epsilon} "
+                        f"(δ={self.delta:.3g}); lower dp.private_steps, leave dp.noise_multiplier empty to "
+                        f"compute σ, or set dp.stop_at_budget=true to stop at the last step inside it")
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=weight_decay)
+        self.sampler = torch.Generator().manual_seed(seed * 7919 + 1)
+        self.noise = torch.Generator().manual_seed(seed * 7919 + 2)
+        self.engine = None
+        self.phase = "private" if method == "dp_scratch" else ("all" if method == "nondp" else "public")
+        self.step_count = 0      # optimizer steps taken
+        self.private_taken = 0   # DP steps taken
+        self.public_losses: list[float] = []
+        self._batch = None
+        self._unaccounted = False
+        if self.phase == "private":
+            self._attach()
+
+    # --- the plan --------------------------------------------------------------------------
+    def describe(self) -> dict:
+        """What the driver may know: sizes, the mechanism, the layer report (no private content)."""
+        from privacy.engine import layer_report, resolve_mode
+
+        mode = resolve_mode(self.model, self.grad_sample_mode)
+        return {"method": self.method, "public_sequences": len(self.public), "private_sequences": len(self.private),
+                "eval_sequences": len(self.eval_data), "canaries": len(self.canaries),
+                "sample_rate": self.sample_rate, "delta": self.delta, "noise_multiplier": self.noise_multiplier,
+                "max_grad_norm": self.max_grad_norm, "grad_sample_mode": mode,
+                "layers": layer_report(self.model, mode) if self.method in PRIVATE_METHODS else {},
+                "parameters": sum(p.numel() for p in self.model.parameters())}
+
+    def done(self) -> bool:
+        if self.method in PRIVATE_METHODS:
+            return self.private_taken >= self.private_steps
+        return self.step_count >= self.public_steps + self.private_steps
+
+    def _should_switch(self) -> bool:
+        if self.step_count >= self.public_steps:
+            return True
+        w = self.plateau_window
+        if self.switch != "plateau" or len(self.public_losses) < 2 * w:
+            return False
+        prev, last = np.mean(self.public_losses[-2 * w:-w]), np.mean(self.public_losses[-w:])
+        return (prev - last) / prev < self.plateau_tol
+
+    def _attach(self) -> None:
+        """Switch to private training: fresh DP wrapper around the same AdamW, first moment reset."""
+        from privacy.engine import PrivateEngine
+
+        for state in self.optimizer.state.values():
+            if "exp_avg" in state:
+                state["exp_avg"].zero_()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.engine = PrivateEngine(self.model, self.optimizer, noise_multiplier=self.noise_multiplier,
+                                    max_grad_norm=self.max_grad_norm, expected_batch_size=self.batch_size,
+                                    mode=self.grad_sample_mode, generator=self.noise)
+        self.phase = "private"
+
+    # --- the stages ------------------------------------------------------------------------
+    def sample(self) -> dict:
+        """Draw the next batch (kept here). ``stop`` is set when the run must end before it."""
+        if self.phase == "public" and self.method == "dp_continual" and self._should_switch():
+            self._attach()
+        if self.phase == "private":
+            if not self.budget.allows(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate):
+                return {"phase": "private", "stop": (
+                    f"privacy budget: one more step would spend more than ε={self.budget.target_epsilon} "
+                    f"(δ={self.delta:.3g}); stopped after {self.private_taken} private steps at "
+                    f"ε={self.budget.spent():.4f}")}
+            mask = torch.rand(len(self.private), generator=self.sampler) < self.sample_rate
+            self._batch = self.private[mask]
+        else:
+            pool = self.public if self.phase == "public" else torch.cat([self.public, self.private])
+            self._batch = pool[torch.randperm(len(pool), generator=self.sampler)[: self.batch_size]]
+        return {"phase": self.phase, "stop": None}
+
+    def update(self) -> dict:
+        """One optimizer step on the sampled batch."""
+        from privacy.engine import lm_loss
+
+        batch, self._batch = self._batch, None
+        if batch is None:
+            raise RuntimeError("update() without sample()")
+        self.step_count += 1
+        if self.phase == "private":
+            self.engine.step(batch, physical_batch=self.physical_batch)
+            self.private_taken += 1
+            self._unaccounted = True
+            return {"phase": "private"}  # a private batch's loss is not released
+        self.model.train()
+        loss = lm_loss(self.model(input_ids=batch).logits, batch).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.phase == "public":
+            self.public_losses.append(float(loss))
+        return {"phase": self.phase, "train_loss": float(loss) if self.phase == "public" else None}
+
+    def account(self) -> dict:
+        """Record the step just taken with the accountant (the ``account`` stage)."""
+        if self._unaccounted:
+            self.budget.step(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate)
+            self._unaccounted = False
+        return self.status()
+
+    def status(self) -> dict:
+        return {"epsilon": self.epsilon(), "private_steps": self.private_taken, "steps": self.step_count}
+
+    def epsilon(self) -> float | None:
+        """ε spent on the private data: 0 for public_only, None (unbounded) for nondp."""
+        if self.method == "nondp":
+            return None
+        return self.budget.spent() if self.budget is not None else 0.0
+
+    # --- evaluation ------------------------------------------------------------------------
+    @torch.no_grad()
+    def _mean_loss(self, data: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+        """Per-sequence losses, (N,)."""
+        from privacy.engine import lm_loss
+
+        self.model.eval()
+        out = [lm_loss(self.model(input_ids=x).logits, x) for x in torch.split(data, chunk)]
+        return torch.cat(out) if out else torch.zeros(0)
+
+    def evaluate(self, *, diagnostics: bool = False) -> dict:
+        """Held-out loss and perplexity; with ``diagnostics``, the curvature analysis on held-out data."""
+        loss = float(self._mean_loss(self.eval_data[: self.eval_sequences]).mean())
+        out = {"eval_loss": loss, "eval_ppl": math.exp(loss)}
+        if diagnostics:
+            out.update(self.diagnostics())
+        return out
+
+    def diagnostics(self) -> dict:
+        from privacy.diagnostics import curvature_diagnostics
+        from privacy.engine import lm_loss
+
+        g = torch.Generator().manual_seed(self.seed + 17 + self.step_count)
+        idx = torch.randperm(len(self.eval_data), generator=g)[: self.diag_batch]
+        batch = self.eval_data[idx]
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.model.eval()
+        if self.engine is not None:
+            self.engine.module.disable_hooks()  # Opacus's per-sample hooks stay out of the analysis
+        try:
+            if hasattr(self.model, "set_attn_implementation"):
+                self.model.set_attn_implementation("eager")  # double backward through attention
+            out = curvature_diagnostics(lambda: lm_loss(self.model(input_ids=batch).logits, batch).mean(), params,
+                                        noise_multiplier=self.noise_multiplier if self.phase == "private" else 0.0,
+                                        max_grad_norm=self.max_grad_norm, batch_size=self.batch_size,
+                                        probes=self.probes, generator=g)
+        finally:
+            if hasattr(self.model, "set_attn_implementation"):
+                self.model.set_attn_implementation("sdpa")
+            if self.engine is not None:
+                self.engine.module.enable_hooks()
+            for p in params:
+                p.grad = None
+        return out
+
+    def audit(self) -> dict:
+        """One-run audit over the canaries (score = −loss): an empirical ε lower bound at 95%."""
+        from privacy.audit import audit
+
+        scores = -self._mean_loss(self.canary_data).numpy()
+        return audit(scores, self.coins, delta=self.delta)
+
+    # --- checkpoints -----------------------------------------------------------------------
+    def save(self, directory: str) -> None:
+        """Weights (safetensors), optimizer, RNG states and the accountant's history (JSON)."""
+        from safetensors.torch import save_file
+
+        from framework.checkpoint import save_optimizer
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(d / "policy")
+        self.tokenizer.save_pretrained(d / "policy")
+        save_optimizer(self.optimizer, d)
+        save_file({"sampler": self.sampler.get_state(), "noise": self.noise.get_state(),
+                   "torch": torch.get_rng_state()}, str(d / "rng.safetensors"))
+        (d / "learner.json").write_text(json.dumps({
+            "method": self.method, "phase": self.phase, "step_count": self.step_count,
+            "private_taken": self.private_taken, "public_losses": self.public_losses,
+            "noise_multiplier": self.noise_multiplier,
+            "budget": self.budget.state_dict() if self.budget else None}))
+
+    def load(self, directory: str) -> dict:
+        from safetensors.torch import load_file
+
+        from framework.checkpoint import load_optimizer
+
+        d = Path(directory)
+        state = json.loads((d / "learner.json").read_text())
+        if state["method"] != self.method:
+            raise InputError(f"{d}: a checkpoint of method {state['method']!r}, not {self.method!r}")
+        if self.engine is not None:
+            self.engine.detach()
+            self.engine = None
+        weights = load_file(str(d / "policy" / "model.safetensors"))
+        self.model.load_state_dict(weights, strict=False)
+        load_optimizer(self.optimizer, d)
+        rng = load_file(str(d / "rng.safetensors"))
+        self.sampler.set_state(rng["sampler"])
+        self.noise.set_state(rng["noise"])
+        torch.set_rng_state(rng["torch"])
+        self.step_count, self.private_taken = state["step_count"], state["private_taken"]
+        self.public_losses = state["public_losses"]
+        self.noise_multiplier = state["noise_multiplier"]
+        if state["budget"] is not None:
+            self.budget = Budget.from_state_dict(state["budget"])
+        self.phase = state["phase"]
+        if self.phase == "private":
+            from privacy.engine import PrivateEngine  # re-wrap without touching the restored moments
+
+            self.engine = PrivateEngine(self.model, self.optimizer, noise_multiplier=self.noise_multiplier,
+                                        max_grad_norm=self.max_grad_norm, expected_batch_size=self.batch_size,
+                                        mode=self.grad_sample_mode, generator=self.noise)
+        return {"step": self.step_count, "private_steps": self.private_taken}
