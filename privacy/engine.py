@@ -132,8 +132,10 @@ class PrivateEngine:
             loss.mean().backward()
         return loss.detach()
 
-    def step(self, batch: torch.Tensor, *, physical_batch: int | None = None) -> float:
-        """One noisy update on a logical batch (N, T) of token ids; returns its mean loss."""
+    def gradient(self, batch: torch.Tensor, *, physical_batch: int | None = None) -> float:
+        """Leave the noisy gradient of a logical batch (N, T) in ``p.grad``: per-sample clipped
+        gradients summed over physical chunks, plus N(0, σ²R²) noise, divided by the expected
+        batch size. Returns the batch's mean loss (NaN for an empty batch)."""
         if any(p.grad is not None and p.grad.abs().sum() > 0 for p in self.params):
             raise InputError("the model already holds aggregated gradients (a backward outside the private "
                              "engine?): per-sample clipping needs them per example; zero them first")
@@ -143,18 +145,26 @@ class PrivateEngine:
                 p.summed_grad = torch.zeros_like(p)
             self.optimizer.add_noise()
             self.optimizer.scale_grad()
-            self.optimizer.original_optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
             return float("nan")
-        size = physical_batch or len(batch)
-        chunks = list(torch.split(batch, size))
+        chunks = list(torch.split(batch, physical_batch or len(batch)))
         losses = []
         for i, chunk in enumerate(chunks):
-            self.optimizer.signal_skip_step(do_skip=i < len(chunks) - 1)
+            last = i == len(chunks) - 1
+            self.optimizer.signal_skip_step(do_skip=not last)
             losses.append(self._backward(chunk))
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            if last:
+                self.optimizer.pre_step()  # clip and accumulate, add noise, scale
+            else:
+                self.optimizer.step()      # clip and accumulate only (the step is skipped)
+                self.optimizer.zero_grad(set_to_none=True)
         return float(torch.cat(losses).mean())
+
+    def step(self, batch: torch.Tensor, *, physical_batch: int | None = None) -> float:
+        """One noisy update on a logical batch (N, T) of token ids; returns its mean loss."""
+        loss = self.gradient(batch, physical_batch=physical_batch)
+        self.optimizer.original_optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss
 
     def per_sample_norms(self, batch: torch.Tensor) -> torch.Tensor:
         """Per-sample gradient norms of a batch, before clipping (for tests and diagnostics)."""
