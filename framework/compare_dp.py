@@ -22,7 +22,7 @@ from framework.config import DP_METHODS, Config, with_overrides
 from framework.errors import InputError
 
 METRICS = ("eval_ppl", "eval_loss", "epsilon", "audit_eps_lower", "wall_s")
-PRIVATE = ("dp_scratch", "dp_continual")
+PRIVATE = ("dp_scratch", "dp_continual", "mix", "dpmd")
 
 
 def runs(cfg: Config) -> list[tuple[str, list[str]]]:

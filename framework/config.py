@@ -292,7 +292,7 @@ class CheckpointConfig:
 
 
 #: ``job: dp`` methods (privacy/learner.py); a comparison's ``<method>@<ε>`` keys use them too.
-DP_METHODS = ("nondp", "public_only", "dp_scratch", "dp_continual")
+DP_METHODS = ("nondp", "public_only", "dp_scratch", "dp_continual", "mix", "dpmd")
 
 
 @dataclass(frozen=True)
@@ -322,8 +322,9 @@ class DPConfig:
     """``job: dp``: (DP) continual pre-training on the stdlib corpus (privacy/learner.py)."""
 
     method: str = "dp_continual"
-    """``nondp`` (all data, no privacy), ``public_only``, ``dp_scratch`` (DP from the initial model)
-    or ``dp_continual`` (public phase, then DP-AdamW on the private split)."""
+    """``nondp`` (all data, no privacy), ``public_only``, ``dp_scratch`` (DP from the initial model),
+    ``dp_continual`` (public phase, then DP-AdamW on the private split), or the mixing baselines
+    ``mix`` (sample-ratio public weight) and ``dpmd`` (cosine-decayed public weight)."""
     target_epsilon: float = 8.0
     """The privacy budget ε of the private phase (dp_scratch, dp_continual)."""
     delta: Optional[float] = None

@@ -101,7 +101,9 @@ def run_dp(cfg: Config, run_dir: Path, *, progress: bool = True) -> dict:
         summary_path.write_text(json.dumps(summary, indent=1))
         total = cfg.dp.public_steps + cfg.dp.private_steps
         status = cluster.get(cluster.call(learner, "status"))
-        bar = tqdm(total=total if cfg.dp.method != "dp_scratch" else cfg.dp.private_steps, initial=status["steps"],
+        if cfg.dp.method not in ("nondp", "public_only", "dp_continual"):
+            total = cfg.dp.private_steps  # private from the first step
+        bar = tqdm(total=total, initial=status["steps"],
                    desc=f"{cfg.dp.method}", disable=not progress, unit="step")
         stopped, switch_step = summary.get("stopped"), summary.get("switch_step")
         while not cluster.get(cluster.call(learner, "done")) and stopped is None:

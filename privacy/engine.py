@@ -142,9 +142,12 @@ class PrivateEngine:
         self.module.train()
         if len(batch) == 0:  # an empty Poisson batch still costs a step: pure noise
             for p in self.params:
-                p.summed_grad = torch.zeros_like(p)
-            self.optimizer.add_noise()
-            self.optimizer.scale_grad()
+                if self.mode == "ghost":
+                    p.grad = torch.zeros_like(p)  # ghost clipping accumulates the clipped sum from p.grad
+                else:
+                    p.grad_sample = p.new_zeros((0, *p.shape))
+            self.optimizer.signal_skip_step(do_skip=False)
+            self.optimizer.pre_step()
             return float("nan")
         chunks = list(torch.split(batch, physical_batch or len(batch)))
         losses = []

@@ -13,6 +13,9 @@ Methods (``method``), each a schedule of phases over one model and one AdamW:
                 public_steps; ``plateau``: when the public training loss stops improving, at most
                 public_steps), then private_steps DP-AdamW steps. At the switch the privacy engine
                 wraps the same AdamW, whose first moment is reset (second moment and step kept).
+  mix, dpmd     private_steps steps from the initial model on g = (1 − α_t) g̃_private + α_t g_public
+                (public gradients cost no privacy): ``mix`` with the sample ratio α = n_pub / n_all,
+                ``dpmd`` with a cosine-decayed public weight α_t = ½ (1 + cos(π t / T)).
 
 A driver calls ``sample`` → ``update`` → ``account`` per step, ``evaluate`` now and then,
 ``save``/``load`` for checkpoints and ``audit`` at the end.
@@ -31,8 +34,9 @@ from framework.errors import InputError
 from privacy import corpus as corpus_lib
 from privacy.accounting import Budget, epsilon, noise_multiplier_for
 
-METHODS = ("nondp", "public_only", "dp_scratch", "dp_continual")
-PRIVATE_METHODS = ("dp_scratch", "dp_continual")
+METHODS = ("nondp", "public_only", "dp_scratch", "dp_continual", "mix", "dpmd")
+PRIVATE_METHODS = ("dp_scratch", "dp_continual", "mix", "dpmd")
+MIXING = ("mix", "dpmd")
 
 
 class BudgetExhausted(InputError):
@@ -106,7 +110,7 @@ class DPLearner:
         self.sampler = torch.Generator().manual_seed(seed * 7919 + 1)
         self.noise = torch.Generator().manual_seed(seed * 7919 + 2)
         self.engine = None
-        self.phase = "private" if method == "dp_scratch" else ("all" if method == "nondp" else "public")
+        self.phase = {"nondp": "all", "public_only": "public", "dp_continual": "public"}.get(method, "private")
         self.step_count = 0      # optimizer steps taken
         self.private_taken = 0   # DP steps taken
         self.public_losses: list[float] = []
@@ -168,6 +172,9 @@ class DPLearner:
                     f"ε={self.budget.spent():.4f}")}
             mask = torch.rand(len(self.private), generator=self.sampler) < self.sample_rate
             self._batch = self.private[mask]
+            if self.method in MIXING:
+                self._public_batch = self.public[torch.randperm(len(self.public), generator=self.sampler)[
+                    : self.batch_size]]
         else:
             pool = self.public if self.phase == "public" else torch.cat([self.public, self.private])
             self._batch = pool[torch.randperm(len(pool), generator=self.sampler)[: self.batch_size]]
@@ -182,7 +189,10 @@ class DPLearner:
             raise RuntimeError("update() without sample()")
         self.step_count += 1
         if self.phase == "private":
-            self.engine.step(batch, physical_batch=self.physical_batch)
+            if self.method in MIXING:
+                self._mixed_step(batch)
+            else:
+                self.engine.step(batch, physical_batch=self.physical_batch)
             self.private_taken += 1
             self._unaccounted = True
             return {"phase": "private"}  # a private batch's loss is not released
@@ -195,6 +205,31 @@ class DPLearner:
         if self.phase == "public":
             self.public_losses.append(float(loss))
         return {"phase": self.phase, "train_loss": float(loss) if self.phase == "public" else None}
+
+    def public_weight(self) -> float:
+        """α_t of the mixing baselines."""
+        if self.method == "mix":
+            return len(self.public) / (len(self.public) + len(self.private))
+        return 0.5 * (1 + math.cos(math.pi * self.private_taken / max(self.private_steps, 1)))
+
+    def _mixed_step(self, batch: torch.Tensor) -> None:
+        """AdamW on (1 − α) × the noisy private gradient + α × a public batch's gradient."""
+        from privacy.engine import lm_loss
+
+        alpha = self.public_weight()
+        self.engine.gradient(batch, physical_batch=self.physical_batch)
+        params = self.engine.params
+        private = [p.grad for p in params]
+        self.engine.module.disable_hooks()  # a public gradient needs no per-sample work
+        try:
+            pub = self._public_batch
+            public = torch.autograd.grad(lm_loss(self.model(input_ids=pub).logits, pub).mean(), params)
+        finally:
+            self.engine.module.enable_hooks()
+        for p, g_priv, g_pub in zip(params, private, public):
+            p.grad = (1 - alpha) * g_priv + alpha * g_pub
+        self.optimizer.step()
+        self.engine.optimizer.zero_grad(set_to_none=True)
 
     def account(self) -> dict:
         """Record the step just taken with the accountant (the ``account`` stage)."""
