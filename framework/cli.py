@@ -68,9 +68,13 @@ def _run(args) -> None:
 
 
 def _report(args) -> None:
-    from framework.report import write_report
+    import json
 
-    print(f"wrote {write_report(Path(args.run_dir))}")
+    from framework import dp_report, report
+
+    summary = Path(args.run_dir) / "summary.json"
+    is_dp = summary.exists() and "sample_rate" in json.loads(summary.read_text())  # a job: dp run
+    print(f"wrote {(dp_report if is_dp else report).write_report(Path(args.run_dir))}")
 
 
 def _eval(args) -> None:

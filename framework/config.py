@@ -149,8 +149,12 @@ class AlgoConfig:
     ``monte_carlo`` (every answer continued to the end with π_t, per-turn win rates summed,
     baseline (H − h + 1)/2) or ``terminal`` (the win rate at the conversation's last turn only)."""
     rounds: int = 0
-    """irft: T, the number of slices of the demonstrations; iteration t trains on slice t mod T
-    (0: T = train.iterations, one round per iteration)."""
+    """irft: T, the number of slices of the demonstrations; round r trains on slice r mod T
+    (0: as many rounds as fit in train.iterations)."""
+    round_iterations: int = 1
+    """irft: pipeline iterations per round. Within a round the generators keep the round's
+    starting policy (it draws the answers and is the contrast's reference) while the learner
+    takes one iteration per part of the round's slice; weights are published when a round ends."""
     link: str = "logistic"
     """spin/irft: the link h of the demonstration-vs-generation contrast (``logistic`` or ``linear``)."""
     k: int = 4
@@ -177,6 +181,10 @@ class AlgoConfig:
             raise ConfigError("q", f"multi-turn Q estimates are implemented for mpo, not {self.name!r}")
         if self.rounds < 0:
             raise ConfigError("rounds", f"must be ≥ 0, got {self.rounds}")
+        if self.round_iterations < 1:
+            raise ConfigError("round_iterations", f"must be ≥ 1, got {self.round_iterations}")
+        if self.round_iterations > 1 and self.name != "irft":
+            raise ConfigError("round_iterations", f"rounds of several iterations are irft's, not {self.name!r}")
         if self.link not in ("logistic", "linear"):
             raise ConfigError("link", f"must be 'logistic' or 'linear', got {self.link!r}")
         if self.k < 2:

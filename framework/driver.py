@@ -113,9 +113,11 @@ def launch_generation(roles: Roles, task, cfg: Config, iteration: int, algo, dem
     k = cfg.algo.k if algo.samples is None else algo.samples
     if algo.rollout == "demos":  # score each demonstration and answer its state
         lo, hi = 0, len(demos)
-        if algo.slices:  # round t of T takes the t-th slice (T = algo.rounds or train.iterations)
-            T = cfg.algo.rounds or cfg.train.iterations
-            lo, hi = (iteration % T) * len(demos) // T, (iteration % T + 1) * len(demos) // T
+        if algo.slices:  # round r of T takes the r-th slice, one part per iteration of the round
+            n, T = cfg.algo.round_iterations, rounds_of(cfg)
+            r, part = (iteration // n) % T, iteration % n
+            lo_r, hi_r = r * len(demos) // T, (r + 1) * len(demos) // T
+            lo, hi = lo_r + part * (hi_r - lo_r) // n, lo_r + (part + 1) * (hi_r - lo_r) // n
         items = [(f"demo-{i}", demos[i].messages, demos[i].response) for i in range(lo, hi)]
         return [roles.cluster.call(g, "respond", items[i::n], k=k, iteration=iteration, seed=seed * 10 + i)
                 for i, g in enumerate(roles.generators)]
@@ -181,12 +183,19 @@ def update(roles: Roles, batch, cfg: Config) -> dict:
     return out
 
 
-def sync_weights(roles: Roles, version: int, wait: bool) -> None:
-    """Learner rank 0 → object store → every generator (one copy in the store per version)."""
+def rounds_of(cfg: Config) -> int:
+    """IRFT's T: ``algo.rounds``, or as many rounds of ``round_iterations`` as the run holds."""
+    return cfg.algo.rounds or -(-cfg.train.iterations // cfg.algo.round_iterations)
+
+
+def sync_weights(roles: Roles, version: int, wait: bool):
+    """Learner rank 0 → object store → every generator (one copy in the store per version);
+    returns (version, weights future): what the generators hold from now on."""
     weights = roles.cluster.call(roles.learners[0], "weights")
     done = [roles.cluster.call(g, "set_weights", version, weights) for g in roles.generators]
     if wait:
         roles.cluster.get(done)
+    return version, weights
 
 
 def evaluate(roles: Roles, task, states: list, samples: int, seed: int) -> dict:
@@ -218,15 +227,27 @@ def write_records(run_dir: Path, iteration: int, fresh: list[Rollout], stale: li
 
 
 def save_checkpoint(roles: Roles, run_dir: Path, iteration: int, version: int, counters: dict, keep: int,
-                    final: bool = False, cache=None) -> Path:
-    """Policy, optimizer and run state (plus OMPO's previous-iterate answers) in one directory."""
+                    final: bool = False, cache=None, held=None) -> Path:
+    """Policy, optimizer and run state (plus OMPO's previous-iterate answers) in one directory.
+
+    ``held``: (version, weights future) the generators hold; mid-way through an IRFT round that is
+    the round's starting policy, saved too (``generator.safetensors``) so a resume continues the round.
+    """
     name = "final" if final else f"iter_{iteration:06d}"
     tmp = run_dir / "checkpoints" / f".{name}.tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     roles.cluster.get(roles.cluster.call(roles.learners[0], "save", str(tmp)))
     if cache is not None:
         cache.save(tmp)
-    ckpt.write_state(tmp, {"iteration": iteration, "policy_version": version, **counters})
+    extra = {}
+    if held is not None and held[0] != version:
+        extra["generator_version"] = held[0]
+        if held[1] is not None:
+            from safetensors.torch import save_file
+
+            weights = held[1] if isinstance(held[1], dict) else roles.cluster.get(held[1])
+            save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "generator.safetensors"))
+    ckpt.write_state(tmp, {"iteration": iteration, "policy_version": version, **counters, **extra})
     out = run_dir / "checkpoints" / name
     ckpt.finalize(tmp, out)
     periodic = sorted((run_dir / "checkpoints").glob("iter_*"))
@@ -255,6 +276,7 @@ def run_selfplay(cfg: Config, run_dir: Path, *, progress: bool = True) -> dict:
         roles = build_roles(cfg, task, policy_path, cluster)
         loop_start = time.perf_counter()
         start, version, counters = 0, 0, {"dropped_stale": 0, "samples_total": 0, "generated_total": 0}
+        held = (0, None)  # the generators start with the initial policy
         cache = OptimisticCache() if algo.optimistic else None
         demos = demonstrations_for(cfg, task) if algo.rollout == "demos" else None
         if demos is not None and algo.slices and len(demos) < (cfg.algo.rounds or cfg.train.iterations):
@@ -262,7 +284,7 @@ def run_selfplay(cfg: Config, run_dir: Path, *, progress: bool = True) -> dict:
                              f"IRFT rounds: add demonstrations (demos.count) or set algo.rounds")
         metrics_path = run_dir / "metrics.jsonl"
         if cfg.resume:
-            start, version, counters, latest = _resume(roles, run_dir)
+            start, version, counters, latest, held = _resume(roles, run_dir)
             if algo.optimistic:
                 cache = OptimisticCache.load(latest)
         eval_states = task.heldout_states(cfg.eval.conversations, cfg.seed)
@@ -289,7 +311,9 @@ def run_selfplay(cfg: Config, run_dir: Path, *, progress: bool = True) -> dict:
                     rollouts = [r for part in cluster.get(inflight.popleft()) for r in part]
                 with timed(m, "judge"):
                     judge_name = cfg.judge.target or cfg.judge.kind
-                    fresh, stale = split_stale(rollouts, version, cfg.pipeline.max_staleness)
+                    # an IRFT round keeps its starting policy: its samples age by design
+                    fresh, stale = split_stale(rollouts, version,
+                                               cfg.pipeline.max_staleness + cfg.algo.round_iterations - 1)
                     comparisons = judge_rollouts(roles, rollouts, t, judge_name) if algo.judged else []
                     if cache is not None:
                         previous = judge_previous(roles, fresh, cache, t, judge_name)
@@ -304,11 +328,13 @@ def run_selfplay(cfg: Config, run_dir: Path, *, progress: bool = True) -> dict:
                     m.update(update(roles, batch, cfg))
                     version += 1
                 with timed(m, "sync_weights"):
-                    sync_weights(roles, version, wait=cfg.pipeline.mode == "sync")
+                    if (t + 1) % cfg.algo.round_iterations == 0:
+                        held = sync_weights(roles, version, wait=cfg.pipeline.mode == "sync")
             except AlignplayError:
                 # Stop with a resumable checkpoint: each iteration makes exactly one update, so
                 # `version` iterations are complete (whichever stage failed).
-                save_checkpoint(roles, run_dir, version, version, counters, cfg.checkpoint.keep, cache=cache)
+                save_checkpoint(roles, run_dir, version, version, counters, cfg.checkpoint.keep, cache=cache,
+                                held=held)
                 raise
             generated = sum(r.sample >= 0 for r in rollouts)  # demonstrations are sample -1
             counters["dropped_stale"] += len(stale)
@@ -317,7 +343,8 @@ def run_selfplay(cfg: Config, run_dir: Path, *, progress: bool = True) -> dict:
             ages = [version - 1 - r.policy_version for r in fresh]
             with timed(m, "checkpoint"):
                 if (t + 1) % cfg.checkpoint.every == 0 and t + 1 < cfg.train.iterations:
-                    save_checkpoint(roles, run_dir, t + 1, version, counters, cfg.checkpoint.keep, cache=cache)
+                    save_checkpoint(roles, run_dir, t + 1, version, counters, cfg.checkpoint.keep, cache=cache,
+                                    held=held)
             with timed(m, "evaluate"):
                 if (t + 1) % cfg.eval.every == 0 or t + 1 == cfg.train.iterations:
                     m.update(evaluate(roles, task, eval_states, cfg.eval.samples, seed=cfg.seed + t + 1))
@@ -338,7 +365,9 @@ def run_selfplay(cfg: Config, run_dir: Path, *, progress: bool = True) -> dict:
         bar.close()
         cluster.get([cluster.call(g, "ping") for g in roles.generators])  # drain queued weight syncs
         final = save_checkpoint(roles, run_dir, cfg.train.iterations, version, counters, cfg.checkpoint.keep,
-                                final=True, cache=cache)
+                                final=True, cache=cache, held=held)
+        if held[0] != version:  # a run ending mid-round: evaluate the learner's latest policy
+            held = sync_weights(roles, version, wait=True)
         summary["final"] = evaluate(roles, task, final_states, cfg.eval.samples, seed=cfg.seed + 10**6)
         summary["final_policy"] = str(final / "policy")
         summary["iterations"] = cfg.train.iterations
@@ -358,7 +387,7 @@ def _share_with_previous(fresh: list[Rollout], previous: list[Comparison]) -> fl
     return len(seen) / len(states) if states else 0.0
 
 
-def _resume(roles: Roles, run_dir: Path) -> tuple[int, int, dict, Path]:
+def _resume(roles: Roles, run_dir: Path) -> tuple[int, int, dict, Path, tuple]:
     latest = ckpt.latest_checkpoint(run_dir)
     if latest is None:
         raise InputError(f"resume=true but {run_dir} has no checkpoint")
@@ -366,7 +395,17 @@ def _resume(roles: Roles, run_dir: Path) -> tuple[int, int, dict, Path]:
     iteration, version = state["iteration"], state["policy_version"]
     c = roles.cluster
     c.get([c.call(learner, "load", str(latest), version) for learner in roles.learners])
-    sync_weights(roles, version, wait=True)
+    held = (version, None)
+    if "generator_version" in state:  # mid-way through an IRFT round: its starting policy again
+        held = (state["generator_version"], None)
+        if (latest / "generator.safetensors").exists():
+            from safetensors.torch import load_file
+
+            weights = load_file(str(latest / "generator.safetensors"))
+            c.get([c.call(g, "set_weights", held[0], weights) for g in roles.generators])
+            held = (held[0], weights)
+    else:
+        held = sync_weights(roles, version, wait=True)
     # Forget what was logged after the checkpoint: the resumed run writes it again.
     metrics = run_dir / "metrics.jsonl"
     if metrics.exists():
@@ -377,7 +416,7 @@ def _resume(roles: Roles, run_dir: Path) -> tuple[int, int, dict, Path]:
             if int(shard.stem.split("_")[1]) > iteration:
                 shard.unlink()
     counters = {k: state.get(k, 0) for k in ("dropped_stale", "samples_total", "generated_total")}
-    return iteration, version, counters, latest
+    return iteration, version, counters, latest, held
 
 
 # --- evaluating a finished policy (``alignplay eval``) -----------------------------------------

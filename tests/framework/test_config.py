@@ -19,8 +19,10 @@ def test_every_shipped_config_loads_also_in_quick_mode(path):
     quick = load_config(path, ["quick=true"])
     assert quick.quick and quick != cfg
     for key, value in QUICK.items():  # every reduced size is applied
-        section, name = key.split(".")
-        assert getattr(getattr(quick, section), name) == (tuple(value) if isinstance(value, list) else value)
+        node = quick
+        for part in key.split("."):
+            node = getattr(node, part)
+        assert node == (tuple(value) if isinstance(value, list) else value), key
     assert quick.train.iterations < cfg.train.iterations or cfg.job == "lab"
 
 

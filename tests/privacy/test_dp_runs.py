@@ -127,3 +127,19 @@ def test_dpmd_starts_on_the_public_gradient_alone_and_mix_weighs_by_sample_ratio
     assert learner.public_weight() < 1  # the weight decays after the first step
     mix = DPLearner(**learner_kwargs(dp_config("dp.method=mix"), dp_model))
     assert mix.public_weight() == pytest.approx(len(mix.public) / (len(mix.public) + len(mix.private)))
+
+
+def test_switch_resets_adams_first_moment_and_keeps_second_moment_and_step(dp_config, dp_model):
+    import torch
+
+    learner = DPLearner(**learner_kwargs(dp_config("dp.method=dp_continual", "dp.public_steps=2"), dp_model))
+    for _ in range(2):
+        assert learner.sample()["phase"] == "public"
+        learner.update()
+    before = {id(p): {k: v.clone() for k, v in s.items()} for p, s in learner.optimizer.state.items()}
+    assert any(float(s["exp_avg"].abs().sum()) > 0 for s in before.values())
+    assert learner.sample()["phase"] == "private"  # the switch happens before the first private batch
+    for p, state in learner.optimizer.state.items():
+        assert float(state["exp_avg"].abs().sum()) == 0
+        torch.testing.assert_close(state["exp_avg_sq"], before[id(p)]["exp_avg_sq"])
+        assert float(state["step"]) == float(before[id(p)]["step"]) == 2
