@@ -382,7 +382,10 @@ class DPConfig:
     hutchinson_probes: int = 4
     """Rademacher vectors for tr(H)."""
     threads: int = 2
-    """torch threads of the learner."""
+    """torch threads of each DP worker."""
+    workers: int = 1
+    """Data-parallel DP workers (Ray actors in one gloo group): each owns a shard of the private
+    data and clips its own examples; the noise is added once per logical step."""
     corpus: DPCorpusConfig = field(default_factory=DPCorpusConfig)
 
     def __post_init__(self):
@@ -403,7 +406,7 @@ class DPConfig:
         if not self.max_grad_norm > 0 or not self.lr > 0:
             raise ConfigError("max_grad_norm", "max_grad_norm > 0 and lr > 0 are required")
         for name in ("batch_size", "eval_every", "eval_sequences", "diag_batch", "hutchinson_probes", "threads",
-                     "plateau_window"):
+                     "plateau_window", "workers"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"must be ≥ 1, got {getattr(self, name)}")
         for name in ("public_steps", "private_steps", "physical_batch", "canaries"):
@@ -483,6 +486,8 @@ class Config:
             raise ConfigError("job", f"unknown job {self.job!r}; choose from {sorted(JOBS)}")
         if self.pipeline.learners > 1 and self.algo.name == "rft":
             raise ConfigError("pipeline.learners", "rft trains its reward model on one learner: set pipeline.learners=1")
+        if self.dp.workers > 1 and not self.pipeline.ray:
+            raise ConfigError("dp.workers", "more than one DP worker needs pipeline.ray=true")
         if self.pipeline.learners > 1 and not self.pipeline.ray:
             raise ConfigError("pipeline.learners", "more than one learner needs pipeline.ray=true")
 

@@ -55,12 +55,12 @@ def learner_kwargs(cfg: Config, model_path: str) -> dict:
     return dict(model_path=model_path, seed=cfg.seed, **d, **corpus)
 
 
-def _save(cluster, learner, run_dir: Path, name: str, state: dict, keep: int | None) -> None:
+def _save(cluster, workers: list, run_dir: Path, name: str, state: dict, keep: int | None) -> None:
     final = run_dir / "checkpoints" / name
     tmp = final.with_name(name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    cluster.get(cluster.call(learner, "save", str(tmp)))
+    cluster.get([cluster.call(w, "save", str(tmp)) for w in workers])
     ckpt.write_state(tmp, state)
     ckpt.finalize(tmp, final)
     if keep is not None:
@@ -82,15 +82,24 @@ def run_dp(cfg: Config, run_dir: Path, *, progress: bool = True) -> dict:
     cluster = make_cluster(use_ray=cfg.pipeline.ray, num_cpus=cfg.pipeline.num_cpus)
     started = time.perf_counter()
     try:
-        learner = cluster.spawn(_learner_cls(), cpus=min(cfg.dp.threads, cfg.pipeline.num_cpus or cfg.dp.threads),
-                                **learner_kwargs(cfg, model_path))
+        n = cfg.dp.workers
+        rendezvous = cluster.init_method() if n > 1 else None
+        cpus = min(cfg.dp.threads, cfg.pipeline.num_cpus or cfg.dp.threads) / n
+        workers = [cluster.spawn(_learner_cls(), cpus=cpus, **learner_kwargs(cfg, model_path), rank=r,
+                                 init_method=rendezvous) for r in range(n)]
+        learner = workers[0]  # rank 0 evaluates, audits and answers for all (the weights are the same)
+
+        def every(method: str, *args, **kwargs):
+            """Call ``method`` on every worker; rank 0's answer."""
+            return cluster.get([cluster.call(w, method, *args, **kwargs) for w in workers])[0]
+
         info = cluster.get(cluster.call(learner, "describe"))
         summary_path, metrics_path = run_dir / "summary.json", run_dir / "metrics.jsonl"
         summary = json.loads(summary_path.read_text()) if cfg.resume and summary_path.exists() else {}
         elapsed = 0.0
         if cfg.resume:
             latest = ckpt.latest_checkpoint(run_dir)
-            cluster.get(cluster.call(learner, "load", str(latest)))
+            every("load", str(latest))
             elapsed = ckpt.read_state(latest).get("wall_s", 0.0)
             _truncate(metrics_path, ckpt.read_state(latest)["iteration"])
         summary.update(method=cfg.dp.method, model=model_path, **{k: info[k] for k in (
@@ -110,15 +119,15 @@ def run_dp(cfg: Config, run_dir: Path, *, progress: bool = True) -> dict:
             m: dict = {}
             wall = time.perf_counter()
             with timed(m, "sample"):
-                s = cluster.get(cluster.call(learner, "sample"))
+                s = every("sample")
             if s["stop"]:
                 stopped = s["stop"]
                 print(stopped, flush=True)
                 break
             with timed(m, "update"):
-                u = cluster.get(cluster.call(learner, "update"))
+                u = every("update")
             with timed(m, "account"):
-                a = cluster.get(cluster.call(learner, "account"))
+                a = every("account")
             step = a["steps"]
             if s["phase"] == "private" and switch_step is None and cfg.dp.method == "dp_continual":
                 switch_step = summary["switch_step"] = step - 1
@@ -130,7 +139,7 @@ def run_dp(cfg: Config, run_dir: Path, *, progress: bool = True) -> dict:
                     m.update(cluster.get(cluster.call(learner, "evaluate", diagnostics=cfg.dp.diagnostics)))
             if step % cfg.checkpoint.every == 0 and not finishing:
                 with timed(m, "checkpoint"):
-                    _save(cluster, learner, run_dir, f"step-{step:06d}",
+                    _save(cluster, workers, run_dir, f"step-{step:06d}",
                           {"iteration": step, "wall_s": elapsed + time.perf_counter() - started,
                            "switch_step": switch_step}, cfg.checkpoint.keep)
             with timed(m, "log"):
@@ -147,7 +156,7 @@ def run_dp(cfg: Config, run_dir: Path, *, progress: bool = True) -> dict:
         final.update(epsilon=status["epsilon"], audit_eps_lower=audit["eps_lower"] if audit else None,
                      steps=status["steps"], private_steps=status["private_steps"])
         wall = elapsed + time.perf_counter() - started
-        _save(cluster, learner, run_dir, "final", {"iteration": status["steps"], "wall_s": wall,
+        _save(cluster, workers, run_dir, "final", {"iteration": status["steps"], "wall_s": wall,
                                                     "switch_step": switch_step}, None)
         summary.update(final=final, audit=audit, stopped=stopped, switch_step=switch_step, wall_s=wall,
                        final_policy=str(run_dir / "checkpoints" / "final" / "policy"))

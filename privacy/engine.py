@@ -98,15 +98,18 @@ class PrivateEngine:
         expected_batch_size: q · N, the divisor of the noisy sum (Poisson batches vary in size).
         mode: ``auto`` | ``ghost`` | ``hooks``.
         generator: torch generator of the noise (seeded runs are reproducible; not secure RNG).
+        distributed: one of several data-parallel workers (a torch.distributed group): each clips
+            its own examples, rank 0 alone adds the noise, the sums are all-reduced — noise is
+            added once per logical step. ``expected_batch_size`` is then this worker's share.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, noise_multiplier: float,
-                 max_grad_norm: float, expected_batch_size: int, mode: str = "auto",
-                 generator: torch.Generator | None = None):
+                 max_grad_norm: float, expected_batch_size: float, mode: str = "auto",
+                 generator: torch.Generator | None = None, distributed: bool = False):
         from opacus.grad_sample.utils import prepare_module
         from opacus.optimizers import get_optimizer_class
 
-        if noise_multiplier < 0 or not max_grad_norm > 0 or expected_batch_size < 1:
+        if noise_multiplier < 0 or not max_grad_norm > 0 or not expected_batch_size > 0:
             raise InputError(f"need noise_multiplier ≥ 0, max_grad_norm > 0 and expected_batch_size ≥ 1, got "
                              f"{noise_multiplier}, {max_grad_norm}, {expected_batch_size}")
         self.mode = resolve_mode(model, mode)
@@ -115,7 +118,8 @@ class PrivateEngine:
         extra = {"max_grad_norm": max_grad_norm} if self.mode == "ghost" else {}
         self.module = prepare_module(model, grad_sample_mode=self.mode, batch_first=True,
                                      loss_reduction="mean", **extra)
-        cls = get_optimizer_class(clipping="flat", distributed=False, grad_sample_mode=self.mode)
+        self.distributed = distributed
+        cls = get_optimizer_class(clipping="flat", distributed=distributed, grad_sample_mode=self.mode)
         self.optimizer = cls(optimizer=optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
                              expected_batch_size=expected_batch_size, loss_reduction="mean", generator=generator)
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -148,8 +152,10 @@ class PrivateEngine:
                     p.grad_sample = p.new_zeros((0, *p.shape))
             self.optimizer.signal_skip_step(do_skip=False)
             self.optimizer.pre_step()
+            if self.distributed:
+                self.optimizer.reduce_gradients()
             return float("nan")
-        chunks = list(torch.split(batch, physical_batch or len(batch)))
+        chunks = [c.contiguous() for c in torch.split(batch, physical_batch or len(batch))]
         losses = []
         for i, chunk in enumerate(chunks):
             last = i == len(chunks) - 1
@@ -157,6 +163,8 @@ class PrivateEngine:
             losses.append(self._backward(chunk))
             if last:
                 self.optimizer.pre_step()  # clip and accumulate, add noise, scale
+                if self.distributed:
+                    self.optimizer.reduce_gradients()  # sum over workers (rank 0's noise once)
             else:
                 self.optimizer.step()      # clip and accumulate only (the step is skipped)
                 self.optimizer.zero_grad(set_to_none=True)

@@ -50,12 +50,18 @@ class DPLearner:
                  plateau_window: int, plateau_tol: float, target_epsilon: float, delta: float | None,
                  noise_multiplier: float | None, stop_at_budget: bool, accountant: str, max_grad_norm: float,
                  grad_sample_mode: str, eval_sequences: int, diag_batch: int, hutchinson_probes: int,
-                 threads: int = 1):
+                 threads: int = 1, workers: int = 1, rank: int = 0, init_method: str | None = None):
         from framework.models import load_policy
 
         if method not in METHODS:
             raise InputError(f"dp.method must be one of {METHODS}, got {method!r}")
         torch.set_num_threads(threads)
+        self.rank, self.workers = rank, workers
+        if workers > 1:  # data-parallel DP workers: one gloo group, the noise added once (rank 0)
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=workers)
         torch.manual_seed(seed)
         self.method, self.seed = method, seed
         self.batch_size, self.physical_batch = batch_size, physical_batch or None
@@ -76,18 +82,22 @@ class DPLearner:
         self.coins = corpus_lib.canary_coins(canaries, seed=seed)
         self.canary_data = torch.from_numpy(corpus_lib.canary_sequences(self.canaries, self.tokenizer,
                                                                         seq_len=seq_len))
-        self.private = torch.cat([pack(splits.private), self.canary_data[torch.from_numpy(self.coins)]])
-        if min(len(self.public), len(self.private), len(self.eval_data)) < 1:
+        private = torch.cat([pack(splits.private), self.canary_data[torch.from_numpy(self.coins)]])
+        if min(len(self.public), len(private), len(self.eval_data)) < 1:
             raise InputError("dp.corpus: a split is empty (raise dp.corpus.max_chars)")
-        if batch_size > len(self.private):
-            raise InputError(f"dp.batch_size={batch_size} exceeds the {len(self.private)} private sequences")
+        if batch_size > len(private):
+            raise InputError(f"dp.batch_size={batch_size} exceeds the {len(private)} private sequences")
+        self.private_total = len(private)
+        # each worker owns a shard; Poisson sampling of every shard at rate q is Poisson sampling
+        # of the whole private set at rate q, which is what the accountant assumes
+        self.private = private[rank::workers]
 
         if method in PRIVATE_METHODS:  # what cannot be made private fails now, not at the switch
             from privacy.engine import check_model, resolve_mode
 
             check_model(self.model, resolve_mode(self.model, grad_sample_mode))
-        self.sample_rate = batch_size / len(self.private)
-        self.delta = delta if delta is not None else 1 / (10 * len(self.private))
+        self.sample_rate = batch_size / self.private_total
+        self.delta = delta if delta is not None else 1 / (10 * self.private_total)
         self.noise_multiplier = 0.0
         self.budget = None
         if method in PRIVATE_METHODS:
@@ -107,7 +117,8 @@ class DPLearner:
                         f"(δ={self.delta:.3g}); lower dp.private_steps, leave dp.noise_multiplier empty to "
                         f"compute σ, or set dp.stop_at_budget=true to stop at the last step inside it")
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=weight_decay)
-        self.sampler = torch.Generator().manual_seed(seed * 7919 + 1)
+        self.sampler = torch.Generator().manual_seed(seed * 7919 + 1 + 1000 * rank)  # this shard's Poisson draws
+        self.shared = torch.Generator().manual_seed(seed * 7919 + 3)  # global batches, the same on every worker
         self.noise = torch.Generator().manual_seed(seed * 7919 + 2)
         self.engine = None
         self.phase = {"nondp": "all", "public_only": "public", "dp_continual": "public"}.get(method, "private")
@@ -115,6 +126,7 @@ class DPLearner:
         self.private_taken = 0   # DP steps taken
         self.public_losses: list[float] = []
         self._batch = None
+        self._union = None
         self._unaccounted = False
         if self.phase == "private":
             self._attach()
@@ -125,7 +137,7 @@ class DPLearner:
         from privacy.engine import layer_report, resolve_mode
 
         mode = resolve_mode(self.model, self.grad_sample_mode)
-        return {"method": self.method, "public_sequences": len(self.public), "private_sequences": len(self.private),
+        return {"method": self.method, "public_sequences": len(self.public), "private_sequences": self.private_total,
                 "eval_sequences": len(self.eval_data), "canaries": len(self.canaries),
                 "sample_rate": self.sample_rate, "delta": self.delta, "noise_multiplier": self.noise_multiplier,
                 "max_grad_norm": self.max_grad_norm, "grad_sample_mode": mode,
@@ -154,10 +166,15 @@ class DPLearner:
             if "exp_avg" in state:
                 state["exp_avg"].zero_()
         self.optimizer.zero_grad(set_to_none=True)
-        self.engine = PrivateEngine(self.model, self.optimizer, noise_multiplier=self.noise_multiplier,
-                                    max_grad_norm=self.max_grad_norm, expected_batch_size=self.batch_size,
-                                    mode=self.grad_sample_mode, generator=self.noise)
+        self._wrap()
         self.phase = "private"
+
+    def _wrap(self) -> None:
+        from privacy.engine import PrivateEngine
+
+        self.engine = PrivateEngine(self.model, self.optimizer, noise_multiplier=self.noise_multiplier,
+                                    max_grad_norm=self.max_grad_norm, expected_batch_size=self.batch_size / self.workers,
+                                    mode=self.grad_sample_mode, generator=self.noise, distributed=self.workers > 1)
 
     # --- the stages ------------------------------------------------------------------------
     def sample(self) -> dict:
@@ -173,11 +190,10 @@ class DPLearner:
             mask = torch.rand(len(self.private), generator=self.sampler) < self.sample_rate
             self._batch = self.private[mask]
             if self.method in MIXING:
-                self._public_batch = self.public[torch.randperm(len(self.public), generator=self.sampler)[
-                    : self.batch_size]]
+                self._public_batch = self._global_batch(self.public)
         else:
-            pool = self.public if self.phase == "public" else torch.cat([self.public, self.private])
-            self._batch = pool[torch.randperm(len(pool), generator=self.sampler)[: self.batch_size]]
+            self._batch = self._global_batch(self.public if self.phase == "public" else
+                                             torch.cat([self.public, self._all_private()]))
         return {"phase": self.phase, "stop": None}
 
     def update(self) -> dict:
@@ -200,16 +216,43 @@ class DPLearner:
         loss = lm_loss(self.model(input_ids=batch).logits, batch).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.workers > 1:
+            loss = self._average([p.grad for p in self.model.parameters()] + [loss.detach()])[-1]
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.phase == "public":
             self.public_losses.append(float(loss))
         return {"phase": self.phase, "train_loss": float(loss) if self.phase == "public" else None}
 
+    def _global_batch(self, pool: torch.Tensor) -> torch.Tensor:
+        """A non-private batch of ``batch_size`` drawn alike on every worker; this worker's rows."""
+        return pool[torch.randperm(len(pool), generator=self.shared)[: self.batch_size]][self.rank::self.workers]
+
+    def _all_private(self) -> torch.Tensor:
+        """nondp trains on everything; each worker draws from the union of the shards."""
+        if self.workers == 1:
+            return self.private
+        if self._union is None:
+            import torch.distributed as dist
+
+            shards = [None] * self.workers
+            dist.all_gather_object(shards, self.private)
+            self._union = torch.cat([shards[r] for r in range(self.workers)])
+        return self._union
+
+    def _average(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """In-place mean over the workers."""
+        import torch.distributed as dist
+
+        for t in tensors:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+            t /= self.workers
+        return tensors
+
     def public_weight(self) -> float:
         """α_t of the mixing baselines."""
         if self.method == "mix":
-            return len(self.public) / (len(self.public) + len(self.private))
+            return len(self.public) / (len(self.public) + self.private_total)
         return 0.5 * (1 + math.cos(math.pi * self.private_taken / max(self.private_steps, 1)))
 
     def _mixed_step(self, batch: torch.Tensor) -> None:
@@ -224,6 +267,8 @@ class DPLearner:
         try:
             pub = self._public_batch
             public = torch.autograd.grad(lm_loss(self.model(input_ids=pub).logits, pub).mean(), params)
+            if self.workers > 1:
+                public = self._average(list(public))
         finally:
             self.engine.module.enable_hooks()
         for p, g_priv, g_pub in zip(params, private, public):
@@ -308,11 +353,14 @@ class DPLearner:
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
+        rng = {"sampler": self.sampler.get_state(), "shared": self.shared.get_state(), "noise": self.noise.get_state(),
+               "torch": torch.get_rng_state()}
+        save_file(rng, str(d / f"rng-{self.rank}.safetensors"))  # every worker's own draws
+        if self.rank != 0:
+            return
         self.model.save_pretrained(d / "policy")
         self.tokenizer.save_pretrained(d / "policy")
         save_optimizer(self.optimizer, d)
-        save_file({"sampler": self.sampler.get_state(), "noise": self.noise.get_state(),
-                   "torch": torch.get_rng_state()}, str(d / "rng.safetensors"))
         (d / "learner.json").write_text(json.dumps({
             "method": self.method, "phase": self.phase, "step_count": self.step_count,
             "private_taken": self.private_taken, "public_losses": self.public_losses,
@@ -334,8 +382,9 @@ class DPLearner:
         weights = load_file(str(d / "policy" / "model.safetensors"))
         self.model.load_state_dict(weights, strict=False)
         load_optimizer(self.optimizer, d)
-        rng = load_file(str(d / "rng.safetensors"))
+        rng = load_file(str(d / f"rng-{self.rank}.safetensors"))
         self.sampler.set_state(rng["sampler"])
+        self.shared.set_state(rng["shared"])
         self.noise.set_state(rng["noise"])
         torch.set_rng_state(rng["torch"])
         self.step_count, self.private_taken = state["step_count"], state["private_taken"]
@@ -345,9 +394,5 @@ class DPLearner:
             self.budget = Budget.from_state_dict(state["budget"])
         self.phase = state["phase"]
         if self.phase == "private":
-            from privacy.engine import PrivateEngine  # re-wrap without touching the restored moments
-
-            self.engine = PrivateEngine(self.model, self.optimizer, noise_multiplier=self.noise_multiplier,
-                                        max_grad_norm=self.max_grad_norm, expected_batch_size=self.batch_size,
-                                        mode=self.grad_sample_mode, generator=self.noise)
+            self._wrap()  # without touching the restored moments
         return {"step": self.step_count, "private_steps": self.private_taken}

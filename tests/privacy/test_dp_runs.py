@@ -126,7 +126,7 @@ def test_dpmd_starts_on_the_public_gradient_alone_and_mix_weighs_by_sample_ratio
         torch.testing.assert_close(a, b, rtol=0, atol=lr / 100)
     assert learner.public_weight() < 1  # the weight decays after the first step
     mix = DPLearner(**learner_kwargs(dp_config("dp.method=mix"), dp_model))
-    assert mix.public_weight() == pytest.approx(len(mix.public) / (len(mix.public) + len(mix.private)))
+    assert mix.public_weight() == pytest.approx(len(mix.public) / (len(mix.public) + mix.private_total))
 
 
 def test_switch_resets_adams_first_moment_and_keeps_second_moment_and_step(dp_config, dp_model):
