@@ -356,16 +356,17 @@ class DPConfig:
     weight_decay: float = 0.0
     """AdamW weight decay."""
     public_steps: int = 300
-    """Steps of the public phase (dp_continual: the latest switch point)."""
+    """The longest public phase (dp_continual, public_only)."""
     private_steps: int = 400
-    """DP steps (dp_scratch, dp_continual); nondp and public_only take public_steps + private_steps steps."""
+    """DP steps (dp_scratch, dp_continual, mix, dpmd); nondp takes public_steps + private_steps steps."""
     switch: str = "step"
-    """dp_continual: switch after public_steps (``step``) or when the public training loss
-    plateaus (``plateau``; decided from public data only)."""
-    plateau_window: int = 50
-    """Plateau test: compare the mean public loss of the last two windows of this many steps."""
+    """End of the public phase: after public_steps (``step``) or (``plateau``) when the loss on a
+    held-out tenth of the public split stops improving — decided from public data only."""
+    plateau_window: int = 25
+    """Plateau: check the held-out public loss every this many public steps."""
     plateau_tol: float = 0.01
-    """Plateau: switch when the relative improvement between the windows is below this."""
+    """Plateau: end the public phase when the loss improved by less than this (relative) since
+    the last check."""
     grad_sample_mode: str = "auto"
     """Per-sample gradients: ``ghost`` (Opacus ghost clipping; untied parameters), ``hooks`` or
     ``auto`` (ghost when the model allows it)."""

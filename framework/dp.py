@@ -108,10 +108,9 @@ def run_dp(cfg: Config, run_dir: Path, *, progress: bool = True) -> dict:
         if "start" not in summary:
             summary["start"] = cluster.get(cluster.call(learner, "evaluate"))
         summary_path.write_text(json.dumps(summary, indent=1))
-        total = cfg.dp.public_steps + cfg.dp.private_steps
+        total = {"nondp": cfg.dp.public_steps + cfg.dp.private_steps, "public_only": cfg.dp.public_steps,
+                 "dp_continual": cfg.dp.public_steps + cfg.dp.private_steps}.get(cfg.dp.method, cfg.dp.private_steps)
         status = cluster.get(cluster.call(learner, "status"))
-        if cfg.dp.method not in ("nondp", "public_only", "dp_continual"):
-            total = cfg.dp.private_steps  # private from the first step
         bar = tqdm(total=total, initial=status["steps"],
                    desc=f"{cfg.dp.method}", disable=not progress, unit="step")
         stopped, switch_step = summary.get("stopped"), summary.get("switch_step")
@@ -131,8 +130,7 @@ def run_dp(cfg: Config, run_dir: Path, *, progress: bool = True) -> dict:
             step = a["steps"]
             if s["phase"] == "private" and switch_step is None and cfg.dp.method == "dp_continual":
                 switch_step = summary["switch_step"] = step - 1
-            m.update(iteration=step, phase=s["phase"], train_loss=u.get("train_loss"), epsilon=a["epsilon"],
-                     private_steps=a["private_steps"])
+            m.update(iteration=step, **u, epsilon=a["epsilon"], private_steps=a["private_steps"])
             finishing = cluster.get(cluster.call(learner, "done"))
             if step % cfg.dp.eval_every == 0 or finishing:
                 with timed(m, "evaluate"):

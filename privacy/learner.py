@@ -7,11 +7,11 @@ non-private release, so it is not reported).
 
 Methods (``method``), each a schedule of phases over one model and one AdamW:
   nondp         non-private steps on public ∪ private, public_steps + private_steps of them
-  public_only   non-private steps on the public split, the same number
+  public_only   the public phase of dp_continual alone (no private data)
   dp_scratch    private_steps DP-AdamW steps on the private split, from the initial model
   dp_continual  non-private steps on the public split until the switch (``switch=step``: after
-                public_steps; ``plateau``: when the public training loss stops improving, at most
-                public_steps), then private_steps DP-AdamW steps. At the switch the privacy engine
+                public_steps; ``plateau``: when the loss on a held-out tenth of the public split
+                stops improving, at most public_steps), then private_steps DP-AdamW steps. At the switch the privacy engine
                 wraps the same AdamW, whose first moment is reset (second moment and step kept).
   mix, dpmd     private_steps steps from the initial model on g = (1 − α_t) g̃_private + α_t g_public
                 (public gradients cost no privacy): ``mix`` with the sample ratio α = n_pub / n_all,
@@ -27,7 +27,6 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from framework.errors import InputError
@@ -77,7 +76,10 @@ class DPLearner:
         splits = corpus_lib.split_documents(corpus_lib.stdlib_documents(), public_fraction=public_fraction,
                                             eval_fraction=eval_fraction, max_chars=max_chars)
         pack = lambda texts: torch.from_numpy(corpus_lib.pack(texts, self.tokenizer, seq_len=seq_len))
-        self.public, self.eval_data = pack(splits.public), pack(splits.eval)
+        public, self.eval_data = pack(splits.public), pack(splits.eval)
+        # a tenth of the public split is held out to decide the switch (public data only)
+        held = torch.arange(len(public)) % 10 == 0
+        self.public, self.public_val = public[~held], public[held]
         self.canaries = corpus_lib.make_canaries(canaries, seed=seed)
         self.coins = corpus_lib.canary_coins(canaries, seed=seed)
         self.canary_data = torch.from_numpy(corpus_lib.canary_sequences(self.canaries, self.tokenizer,
@@ -124,7 +126,7 @@ class DPLearner:
         self.phase = {"nondp": "all", "public_only": "public", "dp_continual": "public"}.get(method, "private")
         self.step_count = 0      # optimizer steps taken
         self.private_taken = 0   # DP steps taken
-        self.public_losses: list[float] = []
+        self.public_val_losses: list[float] = []  # the plateau test's history
         self._batch = None
         self._union = None
         self._unaccounted = False
@@ -147,21 +149,20 @@ class DPLearner:
     def done(self) -> bool:
         if self.method in PRIVATE_METHODS:
             return self.private_taken >= self.private_steps
+        if self.method == "public_only":
+            return self._public_finished()
         return self.step_count >= self.public_steps + self.private_steps
 
-    def _should_switch(self) -> bool:
+    def _public_finished(self) -> bool:
+        """The public phase ends after public_steps, or (``plateau``) once the held-out public
+        loss improved by less than plateau_tol (relative) since its last check."""
         if self.step_count >= self.public_steps:
             return True
-        w = self.plateau_window
-        if self.switch != "plateau" or len(self.public_losses) < 2 * w:
-            return False
-        prev, last = np.mean(self.public_losses[-2 * w:-w]), np.mean(self.public_losses[-w:])
-        return (prev - last) / prev < self.plateau_tol
+        v = self.public_val_losses
+        return self.switch == "plateau" and len(v) >= 2 and v[-1] > v[-2] * (1 - self.plateau_tol)
 
     def _attach(self) -> None:
         """Switch to private training: fresh DP wrapper around the same AdamW, first moment reset."""
-        from privacy.engine import PrivateEngine
-
         for state in self.optimizer.state.values():
             if "exp_avg" in state:
                 state["exp_avg"].zero_()
@@ -179,7 +180,7 @@ class DPLearner:
     # --- the stages ------------------------------------------------------------------------
     def sample(self) -> dict:
         """Draw the next batch (kept here). ``stop`` is set when the run must end before it."""
-        if self.phase == "public" and self.method == "dp_continual" and self._should_switch():
+        if self.phase == "public" and self.method == "dp_continual" and self._public_finished():
             self._attach()
         if self.phase == "private":
             if not self.budget.allows(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate):
@@ -220,9 +221,11 @@ class DPLearner:
             loss = self._average([p.grad for p in self.model.parameters()] + [loss.detach()])[-1]
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.phase == "public":
-            self.public_losses.append(float(loss))
-        return {"phase": self.phase, "train_loss": float(loss) if self.phase == "public" else None}
+        out = {"phase": self.phase, "train_loss": float(loss) if self.phase == "public" else None}
+        if self.phase == "public" and self.switch == "plateau" and self.step_count % self.plateau_window == 0:
+            self.public_val_losses.append(float(self._mean_loss(self.public_val).mean()))
+            out["public_val_loss"] = self.public_val_losses[-1]
+        return out
 
     def _global_batch(self, pool: torch.Tensor) -> torch.Tensor:
         """A non-private batch of ``batch_size`` drawn alike on every worker; this worker's rows."""
@@ -363,7 +366,7 @@ class DPLearner:
         save_optimizer(self.optimizer, d)
         (d / "learner.json").write_text(json.dumps({
             "method": self.method, "phase": self.phase, "step_count": self.step_count,
-            "private_taken": self.private_taken, "public_losses": self.public_losses,
+            "private_taken": self.private_taken, "public_val_losses": self.public_val_losses,
             "noise_multiplier": self.noise_multiplier,
             "budget": self.budget.state_dict() if self.budget else None}))
 
@@ -388,7 +391,7 @@ class DPLearner:
         self.noise.set_state(rng["noise"])
         torch.set_rng_state(rng["torch"])
         self.step_count, self.private_taken = state["step_count"], state["private_taken"]
-        self.public_losses = state["public_losses"]
+        self.public_val_losses = state["public_val_losses"]
         self.noise_multiplier = state["noise_multiplier"]
         if state["budget"] is not None:
             self.budget = Budget.from_state_dict(state["budget"])
