@@ -143,3 +143,17 @@ def test_switch_resets_adams_first_moment_and_keeps_second_moment_and_step(dp_co
         assert float(state["exp_avg"].abs().sum()) == 0
         torch.testing.assert_close(state["exp_avg_sq"], before[id(p)]["exp_avg_sq"])
         assert float(state["step"]) == float(before[id(p)]["step"]) == 2
+
+
+def test_the_public_phase_ends_on_a_plateau_of_held_out_public_loss(dp_config, dp_model):
+    learner = DPLearner(**learner_kwargs(dp_config("dp.method=public_only", "dp.switch=plateau",
+                                                   "dp.public_steps=100", "dp.plateau_window=2"), dp_model))
+    assert len(learner.public_val) and not learner.done()
+    for _ in range(2):
+        learner.sample()
+        out = learner.update()
+    assert out["public_val_loss"] == learner.public_val_losses[-1]  # checked every plateau_window steps
+    learner.public_val_losses = [3.0, 2.5]  # still improving by more than plateau_tol
+    assert not learner.done()
+    learner.public_val_losses = [3.0, 2.99]  # improved by 0.3% < 1%: the phase is over
+    assert learner.done()
