@@ -368,8 +368,9 @@ class DPConfig:
     """Plateau: end the public phase when the loss improved by less than this (relative) since
     the last check."""
     grad_sample_mode: str = "auto"
-    """Per-sample gradients: ``ghost`` (Opacus ghost clipping; untied parameters), ``hooks`` or
-    ``auto`` (ghost when the model allows it)."""
+    """Per-sample clipping: ``bookkeeping`` (alignplay's one-backward engine, privacy/fastclip.py;
+    untied parameters), Opacus's ``ghost`` clipping (untied) or ``hooks``; ``auto`` picks the first
+    the model allows."""
     canaries: int = 200
     """Audit canaries (random secret strings, each put into the private split with probability ½)."""
     eval_every: int = 50
@@ -402,8 +403,9 @@ class DPConfig:
             raise ConfigError("accountant", f"must be 'rdp' or 'prv', got {self.accountant!r}")
         if self.switch not in ("step", "plateau"):
             raise ConfigError("switch", f"must be 'step' or 'plateau', got {self.switch!r}")
-        if self.grad_sample_mode not in ("auto", "ghost", "hooks"):
-            raise ConfigError("grad_sample_mode", f"must be 'auto', 'ghost' or 'hooks', got {self.grad_sample_mode!r}")
+        if self.grad_sample_mode not in ("auto", "bookkeeping", "ghost", "hooks"):
+            raise ConfigError("grad_sample_mode", f"must be 'auto', 'bookkeeping', 'ghost' or 'hooks', "
+                                                  f"got {self.grad_sample_mode!r}")
         if not self.max_grad_norm > 0 or not self.lr > 0:
             raise ConfigError("max_grad_norm", "max_grad_norm > 0 and lr > 0 are required")
         for name in ("batch_size", "eval_every", "eval_sequences", "diag_batch", "hutchinson_probes", "threads",

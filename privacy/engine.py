@@ -13,13 +13,15 @@ module how its per-sample gradient is computed (ghost norm, per-sample hooks, fu
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from framework.errors import InputError
 
-MODES = ("auto", "ghost", "hooks")
+MODES = ("auto", "bookkeeping", "ghost", "hooks")
 
 
 def tied_parameters(model: nn.Module) -> list[str]:
@@ -35,12 +37,25 @@ def tied_parameters(model: nn.Module) -> list[str]:
 
 
 def resolve_mode(model: nn.Module, mode: str) -> str:
-    """``auto``: ghost clipping unless parameters are tied (Opacus's ghost mode refuses them)."""
+    """``auto``: alignplay's book-keeping clipping (``privacy.fastclip``) when the model allows it,
+    else Opacus's ghost clipping unless parameters are tied (which it refuses), else Opacus's hooks."""
+    from privacy.fastclip import supports
+
     if mode not in MODES:
         raise InputError(f"grad_sample_mode must be one of {MODES}, got {mode!r}")
     if mode == "auto":
-        return "hooks" if tied_parameters(model) else "ghost"
+        return "bookkeeping" if not supports(model) else "hooks" if tied_parameters(model) else "ghost"
     return mode
+
+
+def make_engine(model: nn.Module, optimizer: torch.optim.Optimizer, *, mode: str = "auto", **kwargs):
+    """The clipping engine for ``mode``: ``BookKeepingEngine`` or Opacus's (``PrivateEngine``)."""
+    mode = resolve_mode(model, mode)
+    if mode == "bookkeeping":
+        from privacy.fastclip import BookKeepingEngine
+
+        return BookKeepingEngine(model, optimizer, **kwargs)
+    return PrivateEngine(model, optimizer, mode=mode, **kwargs)
 
 
 def layer_report(model: nn.Module, mode: str) -> dict[str, list[str]]:
@@ -50,11 +65,19 @@ def layer_report(model: nn.Module, mode: str) -> dict[str, list[str]]:
         GradSampleModuleFastGradientClipping as Ghost,
     )
 
+    from privacy.fastclip import _is_rmsnorm
+
     report: dict[str, list[str]] = {"ghost_norm": [], "per_sample_hooks": [], "functorch_fallback": []}
+    if mode == "bookkeeping":
+        report = {"bookkeeping": [], "rmsnorm": [], "functorch_fallback": []}
     for name, m in model.named_modules():
         if not any(p.requires_grad for p in m.parameters(recurse=False)):
             continue
-        if mode == "ghost" and type(m) in Ghost.NORM_SAMPLERS:
+        if mode == "bookkeeping":
+            kind = ("bookkeeping" if type(m) in (nn.Linear, nn.Embedding) else
+                    "rmsnorm" if _is_rmsnorm(m) else "functorch_fallback")
+            report[kind].append(name if kind != "functorch_fallback" else f"{name} ({type(m).__name__})")
+        elif mode == "ghost" and type(m) in Ghost.NORM_SAMPLERS:
             report["ghost_norm"].append(name)
         elif type(m) in GradSampleModule.GRAD_SAMPLERS:
             report["per_sample_hooks"].append(name)
@@ -75,7 +98,7 @@ def check_model(model: nn.Module, mode: str) -> None:
         names = "; ".join(str(e).splitlines()[0] for e in errors[:5])
         raise InputError(f"the model has layers that per-sample clipping cannot handle: {names} "
                          f"(e.g. BatchNorm mixes examples; use GroupNorm/LayerNorm)")
-    if mode == "ghost" and (tied := tied_parameters(model)):
+    if mode in ("ghost", "bookkeeping") and (tied := tied_parameters(model)):
         raise InputError(f"ghost clipping needs untied parameters, but these are tied: {', '.join(tied)} "
                          f"(untie them, e.g. tie_word_embeddings=False, or use grad_sample_mode=hooks)")
 
@@ -192,6 +215,18 @@ class PrivateEngine:
         for p in self.params:
             p.grad_sample = None
         return norms.detach()
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    @contextmanager
+    def paused(self):
+        """Ordinary forward/backward passes inside (Opacus's per-sample hooks off)."""
+        self.module.disable_hooks()
+        try:
+            yield
+        finally:
+            self.module.enable_hooks()
 
     def detach(self) -> nn.Module:
         """Remove Opacus's hooks; the plain model (same parameters) comes back."""

@@ -23,6 +23,7 @@ A driver calls ``sample`` → ``update`` → ``account`` per step, ``evaluate`` 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -171,11 +172,11 @@ class DPLearner:
         self.phase = "private"
 
     def _wrap(self) -> None:
-        from privacy.engine import PrivateEngine
+        from privacy.engine import make_engine
 
-        self.engine = PrivateEngine(self.model, self.optimizer, noise_multiplier=self.noise_multiplier,
-                                    max_grad_norm=self.max_grad_norm, expected_batch_size=self.batch_size / self.workers,
-                                    mode=self.grad_sample_mode, generator=self.noise, distributed=self.workers > 1)
+        self.engine = make_engine(self.model, self.optimizer, noise_multiplier=self.noise_multiplier,
+                                  max_grad_norm=self.max_grad_norm, expected_batch_size=self.batch_size / self.workers,
+                                  mode=self.grad_sample_mode, generator=self.noise, distributed=self.workers > 1)
 
     # --- the stages ------------------------------------------------------------------------
     def sample(self) -> dict:
@@ -212,7 +213,7 @@ class DPLearner:
                 self.engine.step(batch, physical_batch=self.physical_batch)
             self.private_taken += 1
             self._unaccounted = True
-            return {"phase": "private"}  # a private batch's loss is not released
+            return {"phase": "private", "train_loss": None}  # a private batch's loss is not released
         self.model.train()
         loss = lm_loss(self.model(input_ids=batch).logits, batch).mean()
         self.optimizer.zero_grad(set_to_none=True)
@@ -266,18 +267,15 @@ class DPLearner:
         self.engine.gradient(batch, physical_batch=self.physical_batch)
         params = self.engine.params
         private = [p.grad for p in params]
-        self.engine.module.disable_hooks()  # a public gradient needs no per-sample work
-        try:
+        with self.engine.paused():  # a public gradient needs no per-sample work
             pub = self._public_batch
             public = torch.autograd.grad(lm_loss(self.model(input_ids=pub).logits, pub).mean(), params)
             if self.workers > 1:
                 public = self._average(list(public))
-        finally:
-            self.engine.module.enable_hooks()
         for p, g_priv, g_pub in zip(params, private, public):
             p.grad = (1 - alpha) * g_priv + alpha * g_pub
         self.optimizer.step()
-        self.engine.optimizer.zero_grad(set_to_none=True)
+        self.engine.zero_grad()
 
     def account(self) -> dict:
         """Record the step just taken with the accountant (the ``account`` stage)."""
@@ -322,20 +320,18 @@ class DPLearner:
         batch = self.eval_data[idx]
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.model.eval()
-        if self.engine is not None:
-            self.engine.module.disable_hooks()  # Opacus's per-sample hooks stay out of the analysis
+        paused = self.engine.paused() if self.engine is not None else contextlib.nullcontext()
         try:
-            if hasattr(self.model, "set_attn_implementation"):
-                self.model.set_attn_implementation("eager")  # double backward through attention
-            out = curvature_diagnostics(lambda: lm_loss(self.model(input_ids=batch).logits, batch).mean(), params,
-                                        noise_multiplier=self.noise_multiplier if self.phase == "private" else 0.0,
-                                        max_grad_norm=self.max_grad_norm, batch_size=self.batch_size,
-                                        probes=self.probes, generator=g)
+            with paused:  # the engine's per-sample hooks stay out of the analysis
+                if hasattr(self.model, "set_attn_implementation"):
+                    self.model.set_attn_implementation("eager")  # double backward through attention
+                out = curvature_diagnostics(
+                    lambda: lm_loss(self.model(input_ids=batch).logits, batch).mean(), params,
+                    noise_multiplier=self.noise_multiplier if self.phase == "private" else 0.0,
+                    max_grad_norm=self.max_grad_norm, batch_size=self.batch_size, probes=self.probes, generator=g)
         finally:
             if hasattr(self.model, "set_attn_implementation"):
                 self.model.set_attn_implementation("sdpa")
-            if self.engine is not None:
-                self.engine.module.enable_hooks()
             for p in params:
                 p.grad = None
         return out

@@ -11,23 +11,22 @@ from tests.privacy.test_engine import V, batch, plain_grads, tiny_llama
 class Worker:
     """One rank of a gloo group holding a tiny Llama behind a distributed PrivateEngine."""
 
-    def __init__(self, *, rank: int, world: int, init_method: str, sigma: float, R: float, B: int):
+    def __init__(self, *, rank: int, world: int, init_method: str, sigma: float, R: float, B: int, mode: str):
         import torch.distributed as dist
 
-        from privacy.engine import PrivateEngine
+        from privacy.engine import make_engine
 
         torch.set_num_threads(1)
         dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world)
         self.model = tiny_llama()
-        self.engine = PrivateEngine(self.model, torch.optim.SGD(self.model.parameters(), lr=0.0),
-                                    noise_multiplier=sigma, max_grad_norm=R, expected_batch_size=B / world,
-                                    mode="ghost", distributed=True,
-                                    generator=torch.Generator().manual_seed(100 + rank))
+        self.engine = make_engine(self.model, torch.optim.SGD(self.model.parameters(), lr=0.0),
+                                  noise_multiplier=sigma, max_grad_norm=R, expected_batch_size=B / world,
+                                  mode=mode, distributed=True, generator=torch.Generator().manual_seed(100 + rank))
 
     def gradient(self, rows: torch.Tensor) -> torch.Tensor:
         self.engine.gradient(rows)
         out = torch.cat([p.grad.flatten() for p in self.model.parameters()])
-        self.engine.optimizer.zero_grad(set_to_none=True)
+        self.engine.zero_grad()
         return out
 
 
@@ -39,9 +38,10 @@ def _workers(ray, **kwargs):
     return cluster, [cluster.spawn(Worker, rank=r, world=2, init_method=init, **kwargs) for r in range(2)]
 
 
-def test_two_workers_sum_their_clipped_gradients_and_add_the_noise_once(ray_session):
+@pytest.mark.parametrize("mode", ["ghost", "bookkeeping"])
+def test_two_workers_sum_their_clipped_gradients_and_add_the_noise_once(ray_session, mode):
     x = batch(6)
-    cluster, workers = _workers(ray_session, sigma=0.0, R=1e6, B=6)
+    cluster, workers = _workers(ray_session, sigma=0.0, R=1e6, B=6, mode=mode)
     try:
         # no noise, no clipping: the all-reduced gradient is the full batch's mean gradient
         g0, g1 = cluster.get([cluster.call(w, "gradient", x[r::2]) for r, w in enumerate(workers)])
@@ -51,7 +51,7 @@ def test_two_workers_sum_their_clipped_gradients_and_add_the_noise_once(ray_sess
     finally:
         cluster.shutdown()
     sigma, R, B = 1.3, 0.7, 4
-    cluster, workers = _workers(ray_session, sigma=sigma, R=R, B=B)
+    cluster, workers = _workers(ray_session, sigma=sigma, R=R, B=B, mode=mode)
     try:
         empty = x[:0]
         n0, n1 = cluster.get([cluster.call(w, "gradient", empty) for w in workers])
