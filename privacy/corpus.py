@@ -14,6 +14,7 @@ only to the DP learner that owns the private data.
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import string
 import sysconfig
@@ -27,6 +28,11 @@ _SKIP_DIRS = {"site-packages", "test", "tests", "idlelib", "turtledemo", "lib2to
 
 def stdlib_documents(*, min_chars: int = 40) -> list[str]:
     """Docstrings of the standard library and pydoc's topics: deduplicated, sorted."""
+    return list(_stdlib_documents(min_chars))
+
+
+@functools.lru_cache(maxsize=2)
+def _stdlib_documents(min_chars: int) -> tuple[str, ...]:  # parsing the stdlib takes seconds: once
     root = Path(sysconfig.get_paths()["stdlib"])
     docs = set()
     for path in sorted(root.rglob("*.py")):
@@ -47,7 +53,7 @@ def stdlib_documents(*, min_chars: int = 40) -> list[str]:
         docs.update(t.strip() for t in topics.values() if len(t) >= min_chars)
     except ImportError:  # some distributions strip pydoc_data
         pass
-    return sorted(docs)
+    return tuple(sorted(docs))
 
 
 def _bucket(text: str) -> float:
