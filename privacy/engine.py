@@ -136,6 +136,8 @@ class PrivateEngine:
             raise InputError(f"need noise_multiplier ≥ 0, max_grad_norm > 0 and expected_batch_size ≥ 1, got "
                              f"{noise_multiplier}, {max_grad_norm}, {expected_batch_size}")
         self.mode = resolve_mode(model, mode)
+        if self.mode == "bookkeeping":  # this engine is Opacus's: its best mode for the model
+            self.mode = "hooks" if tied_parameters(model) else "ghost"
         check_model(model, self.mode)
         self.model = model
         extra = {"max_grad_norm": max_grad_norm} if self.mode == "ghost" else {}

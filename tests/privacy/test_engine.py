@@ -89,7 +89,7 @@ def test_batchnorm_is_refused_by_name():
                       expected_batch_size=4, mode="hooks")
 
 
-def test_tied_embeddings_are_refused_with_ghost_clipping_and_auto_picks_hooks():
+def test_tied_embeddings_are_refused_with_ghost_clipping_and_auto_picks_what_the_model_allows():
     model = tiny_llama(tied=True)
     with pytest.raises(InputError, match="lm_head.weight"):
         PrivateEngine(model, torch.optim.SGD(model.parameters(), lr=0.1), noise_multiplier=1.0, max_grad_norm=1.0,
@@ -97,6 +97,9 @@ def test_tied_embeddings_are_refused_with_ghost_clipping_and_auto_picks_hooks():
     engine = PrivateEngine(model, torch.optim.SGD(model.parameters(), lr=0.1), noise_multiplier=1.0,
                            max_grad_norm=1.0, expected_batch_size=4, mode="auto")
     assert engine.mode == "hooks"
+    from privacy.engine import resolve_mode
+
+    assert resolve_mode(tiny_llama(), "auto") == "bookkeeping"  # untied: alignplay's fast engine
 
 
 def test_already_aggregated_gradients_are_refused():
