@@ -139,7 +139,7 @@ class DPLearner:
         """What the driver may know: sizes, the mechanism, the layer report (no private content)."""
         from privacy.engine import layer_report, resolve_mode
 
-        mode = resolve_mode(self.model, self.grad_sample_mode)
+        mode = resolve_mode(self.model, self.grad_sample_mode) if self.method in PRIVATE_METHODS else "none"
         return {"method": self.method, "public_sequences": len(self.public), "private_sequences": self.private_total,
                 "eval_sequences": len(self.eval_data), "canaries": len(self.canaries),
                 "sample_rate": self.sample_rate, "delta": self.delta, "noise_multiplier": self.noise_multiplier,
