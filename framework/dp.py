@@ -130,6 +130,8 @@ def run_dp(cfg: Config, run_dir: Path, *, progress: bool = True) -> dict:
             step = a["steps"]
             if s["phase"] == "private" and switch_step is None and cfg.dp.method == "dp_continual":
                 switch_step = summary["switch_step"] = step - 1
+                bar.total = switch_step + cfg.dp.private_steps  # the public phase ended early
+                bar.refresh()
             m.update(iteration=step, **u, epsilon=a["epsilon"], private_steps=a["private_steps"])
             finishing = cluster.get(cluster.call(learner, "done"))
             if step % cfg.dp.eval_every == 0 or finishing:

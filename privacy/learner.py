@@ -306,7 +306,9 @@ class DPLearner:
     def evaluate(self, *, diagnostics: bool = False) -> dict:
         """Held-out loss and perplexity; with ``diagnostics``, the curvature analysis on held-out data."""
         loss = float(self._mean_loss(self.eval_data[: self.eval_sequences]).mean())
-        out = {"eval_loss": loss, "eval_ppl": math.exp(loss)}
+        # public validation loss: what hyper-parameters may be chosen on without touching held-out data
+        out = {"eval_loss": loss, "eval_ppl": math.exp(loss),
+               "public_val_loss": float(self._mean_loss(self.public_val).mean())}
         if diagnostics:
             out.update(self.diagnostics())
         return out
