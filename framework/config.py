@@ -352,7 +352,10 @@ class DPConfig:
     physical_batch: int = 0
     """Sequences per forward/backward inside a logical batch (0 = all at once)."""
     lr: float = 2e-3
-    """AdamW learning rate (both phases)."""
+    """AdamW learning rate."""
+    private_lr: Optional[float] = None
+    """AdamW learning rate of the private phase (empty = lr). Clipped gradients are smaller than
+    the public ones Adam's second moment was estimated on, so the private phase may want more."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     public_steps: int = 300
@@ -406,6 +409,8 @@ class DPConfig:
         if self.grad_sample_mode not in ("auto", "bookkeeping", "ghost", "hooks"):
             raise ConfigError("grad_sample_mode", f"must be 'auto', 'bookkeeping', 'ghost' or 'hooks', "
                                                   f"got {self.grad_sample_mode!r}")
+        if self.private_lr is not None and not self.private_lr > 0:
+            raise ConfigError("private_lr", f"must be > 0, got {self.private_lr}")
         if not self.max_grad_norm > 0 or not self.lr > 0:
             raise ConfigError("max_grad_norm", "max_grad_norm > 0 and lr > 0 are required")
         for name in ("batch_size", "eval_every", "eval_sequences", "diag_batch", "hutchinson_probes", "threads",

@@ -46,7 +46,7 @@ class BudgetExhausted(InputError):
 class DPLearner:
     def __init__(self, *, model_path: str, method: str, seed: int, public_fraction: float, eval_fraction: float,
                  max_chars: int | None, seq_len: int, canaries: int, batch_size: int, physical_batch: int,
-                 lr: float, weight_decay: float, public_steps: int, private_steps: int, switch: str,
+                 lr: float, private_lr: float | None, weight_decay: float, public_steps: int, private_steps: int, switch: str,
                  plateau_window: int, plateau_tol: float, target_epsilon: float, delta: float | None,
                  noise_multiplier: float | None, stop_at_budget: bool, accountant: str, max_grad_norm: float,
                  grad_sample_mode: str, eval_sequences: int, diag_batch: int, hutchinson_probes: int,
@@ -120,6 +120,7 @@ class DPLearner:
                         f"(δ={self.delta:.3g}); lower dp.private_steps, leave dp.noise_multiplier empty to "
                         f"compute σ, or set dp.stop_at_budget=true to stop at the last step inside it")
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=weight_decay)
+        self.private_lr = private_lr if private_lr is not None else lr
         self.sampler = torch.Generator().manual_seed(seed * 7919 + 1 + 1000 * rank)  # this shard's Poisson draws
         self.shared = torch.Generator().manual_seed(seed * 7919 + 3)  # global batches, the same on every worker
         self.noise = torch.Generator().manual_seed(seed * 7919 + 2)
@@ -167,6 +168,8 @@ class DPLearner:
         for state in self.optimizer.state.values():
             if "exp_avg" in state:
                 state["exp_avg"].zero_()
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.private_lr
         self.optimizer.zero_grad(set_to_none=True)
         self._wrap()
         self.phase = "private"
