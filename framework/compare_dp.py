@@ -118,10 +118,12 @@ def markdown(cfg: Config, table: dict, wall: float) -> str:
     d = cfg.dp
     lines = ["# DP continual pre-training with limited public data", "",
              f"Tiny Llama on the standard-library corpus (sequences of {d.corpus.seq_len} tokens; "
-             f"{d.corpus.public_fraction:.0%} public). Public phase {d.public_steps} steps, then "
-             f"{d.private_steps} DP-AdamW steps at expected batch {d.batch_size}, R = {d.max_grad_norm}; "
-             f"non-private baselines take {d.public_steps + d.private_steps} steps. Seeds: "
-             f"{list(cfg.compare.seeds)}. Wall time {wall / 60:.1f} min.", "",
+             f"{d.corpus.public_fraction:.0%} public). Public phase "
+             f"{'until the held-out public loss plateaus, at most ' if d.switch == 'plateau' else ''}"
+             f"{d.public_steps} steps (public_only stops there), then {d.private_steps} DP-AdamW steps at "
+             f"expected batch {d.batch_size}, R = {d.max_grad_norm}; nondp takes {d.public_steps + d.private_steps} "
+             f"steps on all the data. Seeds: {list(cfg.compare.seeds)}. Wall time {wall / 60:.1f} min "
+             f"(finished runs are reused: see each run's wall s).", "",
              "| method | held-out ppl | held-out loss | ε (accountant) | ε lower bound (audit) | wall s |",
              "|---|---|---|---|---|---|"]
     for key, e in table.items():
