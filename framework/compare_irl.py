@@ -77,20 +77,22 @@ def run_compare_irl_job(cfg: Config, run_dir: Path) -> dict:
                 key, sub = f"{method}@{variant}", run_dir / "runs" / f"{method}@{variant}-seed{seed}"
                 sub_cfg = method_config(cfg, method, variant, seed)
                 summary = compare.run_or_reuse(sub_cfg, sub, f"compare_irl {key}, seed {seed}")
+                # from the run directory, not the summary (whose path may be relative to another cwd)
+                final_policy = str(sub / "checkpoints" / "final" / "policy")
                 if method == "sft":
-                    sft_policy = summary["final_policy"]
+                    sft_policy = final_policy
                 scores_path = sub / "irl_scores.json"
                 if scores_path.exists():
                     scores = json.loads(scores_path.read_text())
                 else:
-                    judged = evaluate_policy(sub_cfg, summary["final_policy"], sft_policy,
+                    judged = evaluate_policy(sub_cfg, final_policy, sft_policy,
                                              conversations=cfg.eval.final_conversations, samples=cfg.eval.samples,
                                              seed=seed + 2)
                     scores = {"correctness": summary["final"].get("correct"),
                               "win_rate_vs_sft": judged["win_rate_vs_reference"],
                               "win_rate_vs_sft_ci95": judged["win_rate_ci95"],
                               "implicit_reward_acc": implicit_reward_accuracy(
-                                  sub_cfg, summary["final_policy"], summary["init_policy"],
+                                  sub_cfg, final_policy, summary["init_policy"],
                                   conversations=cfg.eval.final_conversations, seed=seed + 3),
                               "wall_s": summary["wall_s"]}
                     scores_path.write_text(json.dumps(scores))

@@ -159,7 +159,7 @@ def run_dp(cfg: Config, run_dir: Path, *, progress: bool = True) -> dict:
         _save(cluster, workers, run_dir, "final", {"iteration": status["steps"], "wall_s": wall,
                                                     "switch_step": switch_step}, None)
         summary.update(final=final, audit=audit, stopped=stopped, switch_step=switch_step, wall_s=wall,
-                       final_policy=str(run_dir / "checkpoints" / "final" / "policy"))
+                       final_policy=str((run_dir / "checkpoints" / "final" / "policy").resolve()))
         summary_path.write_text(json.dumps(summary, indent=1))
         return summary
     finally:

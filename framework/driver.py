@@ -291,7 +291,7 @@ def run_selfplay(cfg: Config, run_dir: Path, *, progress: bool = True) -> dict:
         final_states = task.heldout_states(cfg.eval.final_conversations, cfg.seed + 1)
         summary_path = run_dir / "summary.json"
         summary = json.loads(summary_path.read_text()) if cfg.resume and summary_path.exists() else {}
-        summary["init_policy"] = str(policy_path)
+        summary["init_policy"] = str(Path(policy_path).resolve())
         if "start" not in summary:
             summary["start"] = evaluate(roles, task, final_states, cfg.eval.samples, seed=cfg.seed)
             summary_path.write_text(json.dumps(summary, indent=1))
@@ -369,7 +369,7 @@ def run_selfplay(cfg: Config, run_dir: Path, *, progress: bool = True) -> dict:
         if held[0] != version:  # a run ending mid-round: evaluate the learner's latest policy
             held = sync_weights(roles, version, wait=True)
         summary["final"] = evaluate(roles, task, final_states, cfg.eval.samples, seed=cfg.seed + 10**6)
-        summary["final_policy"] = str(final / "policy")
+        summary["final_policy"] = str((final / "policy").resolve())
         summary["iterations"] = cfg.train.iterations
         summary["samples_generated"] = counters["generated_total"]
         # seconds of this invocation after the (cached) warm start; a resumed run counts its last part
