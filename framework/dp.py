@@ -96,12 +96,13 @@ def run_dp(cfg: Config, run_dir: Path, *, progress: bool = True) -> dict:
         info = cluster.get(cluster.call(learner, "describe"))
         summary_path, metrics_path = run_dir / "summary.json", run_dir / "metrics.jsonl"
         summary = json.loads(summary_path.read_text()) if cfg.resume and summary_path.exists() else {}
-        elapsed = 0.0
+        elapsed, switch_step = 0.0, None
         if cfg.resume:
             latest = ckpt.latest_checkpoint(run_dir)
             every("load", str(latest))
-            elapsed = ckpt.read_state(latest).get("wall_s", 0.0)
-            _truncate(metrics_path, ckpt.read_state(latest)["iteration"])
+            state = ckpt.read_state(latest)
+            elapsed, switch_step = state.get("wall_s", 0.0), state.get("switch_step")
+            _truncate(metrics_path, state["iteration"])
         summary.update(method=cfg.dp.method, model=model_path, **{k: info[k] for k in (
             "noise_multiplier", "delta", "sample_rate", "max_grad_norm", "grad_sample_mode", "public_sequences",
             "private_sequences", "eval_sequences", "canaries", "parameters")}, layers=info["layers"])
@@ -113,7 +114,7 @@ def run_dp(cfg: Config, run_dir: Path, *, progress: bool = True) -> dict:
         status = cluster.get(cluster.call(learner, "status"))
         bar = tqdm(total=total, initial=status["steps"],
                    desc=f"{cfg.dp.method}", disable=not progress, unit="step")
-        stopped, switch_step = summary.get("stopped"), summary.get("switch_step")
+        stopped = summary.get("stopped")
         while not cluster.get(cluster.call(learner, "done")) and stopped is None:
             m: dict = {}
             wall = time.perf_counter()

@@ -39,10 +39,6 @@ PRIVATE_METHODS = ("dp_scratch", "dp_continual", "mix", "dpmd")
 MIXING = ("mix", "dpmd")
 
 
-class BudgetExhausted(InputError):
-    """The next step would spend more than the target ε; the run stops before it."""
-
-
 class DPLearner:
     def __init__(self, *, model_path: str, method: str, seed: int, public_fraction: float, eval_fraction: float,
                  max_chars: int | None, seq_len: int, canaries: int, batch_size: int, physical_batch: int,

@@ -66,6 +66,7 @@ def test_resume_mid_private_phase_reports_the_same_epsilon_and_metrics(continual
 
     resumed = run_dp(with_overrides(cfg, ["resume=true", "pipeline.ray=false"]), interrupted, progress=False)
     assert resumed["final"]["epsilon"] == summary["final"]["epsilon"]
+    assert resumed["switch_step"] == summary["switch_step"] == 4  # from the checkpoint, not re-guessed
     assert resumed["final"]["eval_loss"] == pytest.approx(summary["final"]["eval_loss"], abs=1e-6)
     a = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
     b = [json.loads(line) for line in (interrupted / "metrics.jsonl").read_text().splitlines()]
