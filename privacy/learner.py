@@ -221,7 +221,7 @@ class DPLearner:
             loss = self._average([p.grad for p in self.model.parameters()] + [loss.detach()])[-1]
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        out = {"phase": self.phase, "train_loss": float(loss) if self.phase == "public" else None}
+        out = {"phase": self.phase, "train_loss": float(loss.detach()) if self.phase == "public" else None}
         if self.phase == "public" and self.switch == "plateau" and self.step_count % self.plateau_window == 0:
             self.public_val_losses.append(float(self._mean_loss(self.public_val).mean()))
             out["public_val_loss"] = self.public_val_losses[-1]
