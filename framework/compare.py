@@ -111,7 +111,9 @@ def aggregate(per_seed: dict, metrics: tuple[str, ...] = (*METRICS, "correct")) 
     return out
 
 
-def plot_curves(curves: dict, path: Path) -> None:
+def plot_curves(curves: dict, path: Path, *, ylabel: str = "held-out exploitability",
+                xlabel: str = "iteration") -> None:
+    """Per method the mean over seeds of its (x, value) runs; ``sft`` as a dashed baseline."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -121,7 +123,7 @@ def plot_curves(curves: dict, path: Path) -> None:
     curves = {m: [run for run in runs if run] for m, runs in curves.items()}
     fig, ax = plt.subplots(figsize=(6, 4))
     if not any(curves.values()):
-        ax.text(0.5, 0.5, "this task reports no exploitability", ha="center", va="center")
+        ax.text(0.5, 0.5, f"this task reports no {ylabel.removeprefix('held-out ')}", ha="center", va="center")
     for method, runs in curves.items():
         if method == "sft" or not runs:
             continue
@@ -130,8 +132,8 @@ def plot_curves(curves: dict, path: Path) -> None:
         ax.plot(iters, by_iter, marker="o", ms=3, label=method)
     if curves.get("sft"):
         ax.axhline(np.mean([run[0][1] for run in curves["sft"]]), color="gray", ls="--", label="sft")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("held-out exploitability")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
     fig.tight_layout()

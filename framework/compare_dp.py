@@ -75,32 +75,11 @@ def run_compare_dp_job(cfg: Config, run_dir: Path) -> dict:
         entry.setdefault("epsilon", None)  # nondp: no bound
     (run_dir / "comparison.json").write_text(json.dumps(table, indent=1))
     (run_dir / "comparison_seeds.json").write_text(json.dumps(per_seed, indent=1))
-    _plot(curves, run_dir / "eval_loss.png")
+    compare.plot_curves(curves, run_dir / "eval_loss.png", ylabel="held-out loss (nats/token)", xlabel="step")
     wall = time.perf_counter() - started
     (run_dir / "comparison.md").write_text(markdown(cfg, table, wall))
     print((run_dir / "comparison.md").read_text())
     return table
-
-
-def _plot(curves: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key, runs_ in curves.items():
-        if runs_:
-            steps = [s for s, _ in runs_[0]]
-            values = np.mean([[v for _, v in r[: len(steps)]] for r in runs_ if len(r) >= len(steps)], axis=0)
-            ax.plot(steps, values, marker="o", ms=2, label=key)
-    ax.set(xlabel="step", ylabel="held-out loss (nats/token)", title="DP pre-training: held-out loss")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def gap_closed(table: dict, key: str, low: str = "public_only", high: str = "nondp") -> float | None:

@@ -11,25 +11,6 @@ from framework.report import _plot, read_metrics
 DIAGNOSTICS = ("gtg", "gthg", "trace_h", "noise_term", "eta_star", "improvement_star")
 
 
-def _log_plot(path: Path, rows: list[dict], keys: tuple[str, ...], title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    for key in keys:
-        pts = [(r["iteration"], abs(r[key])) for r in rows if r.get(key) is not None and r[key] == r[key]]
-        if pts:
-            ax.plot(*zip(*pts), marker="o", ms=3, label=key)
-    ax.set(xlabel="step", ylabel="value (abs, log scale)", title=title, yscale="log")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def write_report(run_dir: Path) -> Path:
     """report.md + eval_loss.png, epsilon.png, diagnostics.png."""
     run_dir = Path(run_dir)
@@ -37,12 +18,15 @@ def write_report(run_dir: Path) -> Path:
     summary = json.loads((run_dir / "summary.json").read_text())
     ev = [r for r in rows if r.get("eval_loss") is not None]
     _plot(run_dir / "eval_loss.png", [("held-out", [r["iteration"] for r in ev], [r["eval_loss"] for r in ev], None)],
-          "loss (nats/token)", f"{summary['method']}: held-out loss")
+          "loss (nats/token)", f"{summary['method']}: held-out loss", xlabel="step")
     eps = [r for r in rows if r.get("epsilon") is not None]
     if eps:
         _plot(run_dir / "epsilon.png", [("ε spent", [r["iteration"] for r in eps], [r["epsilon"] for r in eps], None)],
-              "ε", "privacy spent (accountant)")
-    _log_plot(run_dir / "diagnostics.png", ev, ("gtg", "gthg", "noise_term"), "GᵀG, GᵀHG and σ²R²tr(H)/B²")
+              "ε", "privacy spent (accountant)", xlabel="step")
+    diag = {k: [(r["iteration"], abs(r[k])) for r in ev if r.get(k) is not None and r[k] == r[k]]
+            for k in ("gtg", "gthg", "noise_term")}
+    _plot(run_dir / "diagnostics.png", [(k, [x for x, _ in v], [y for _, y in v], None) for k, v in diag.items() if v],
+          "value (abs, log scale)", "GᵀG, GᵀHG and σ²R²tr(H)/B²", xlabel="step", yscale="log")
     start, final = summary["start"], summary.get("final", {})
     audit = summary.get("audit") or {}
     lines = [f"# DP pre-training run: {summary['method']}", "",

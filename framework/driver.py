@@ -279,9 +279,10 @@ def run_selfplay(cfg: Config, run_dir: Path, *, progress: bool = True) -> dict:
         held = (0, None)  # the generators start with the initial policy
         cache = OptimisticCache() if algo.optimistic else None
         demos = demonstrations_for(cfg, task) if algo.rollout == "demos" else None
-        if demos is not None and algo.slices and len(demos) < (cfg.algo.rounds or cfg.train.iterations):
-            raise InputError(f"{len(demos)} demonstrations cannot fill {cfg.algo.rounds or cfg.train.iterations} "
-                             f"IRFT rounds: add demonstrations (demos.count) or set algo.rounds")
+        parts = rounds_of(cfg) * cfg.algo.round_iterations  # slices × iterations per round
+        if demos is not None and algo.slices and len(demos) < parts:
+            raise InputError(f"{len(demos)} demonstrations cannot fill {parts} parts of IRFT rounds: add "
+                             f"demonstrations (demos.count) or set algo.rounds")
         metrics_path = run_dir / "metrics.jsonl"
         if cfg.resume:
             start, version, counters, latest, held = _resume(roles, run_dir)

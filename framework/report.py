@@ -17,7 +17,8 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _plot(path: Path, series: list[tuple[str, list, list, list | None]], ylabel: str, title: str) -> None:
+def _plot(path: Path, series: list[tuple[str, list, list, list | None]], ylabel: str, title: str, *,
+          xlabel: str = "iteration", yscale: str = "linear") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -29,7 +30,7 @@ def _plot(path: Path, series: list[tuple[str, list, list, list | None]], ylabel:
             ax.plot(x, y, marker="o" if len(x) < 40 else None, ms=3, label=label)
         else:
             ax.errorbar(x, y, yerr=err, marker="o", ms=3, capsize=2, label=label)
-    ax.set(xlabel="iteration", ylabel=ylabel, title=title)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title, yscale=yscale)
     ax.grid(alpha=0.3)
     if len(series) > 1:
         ax.legend(fontsize=8)

@@ -103,6 +103,13 @@ def check_model(model: nn.Module, mode: str) -> None:
                          f"(untie them, e.g. tie_word_embeddings=False, or use grad_sample_mode=hooks)")
 
 
+def refuse_aggregated(params: list[torch.Tensor]) -> None:
+    """Per-sample clipping needs gradients per example: summed ones from an ordinary backward are misuse."""
+    if any(p.grad is not None and p.grad.abs().sum() > 0 for p in params):
+        raise InputError("the model already holds aggregated gradients (a backward outside the private "
+                         "engine?): per-sample clipping needs them per example; zero them first")
+
+
 def lm_loss(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     """Per-sequence mean next-token loss, (B,)."""
     b, t, v = logits.shape
@@ -165,9 +172,7 @@ class PrivateEngine:
         """Leave the noisy gradient of a logical batch (N, T) in ``p.grad``: per-sample clipped
         gradients summed over physical chunks, plus N(0, σ²R²) noise, divided by the expected
         batch size. Returns the batch's mean loss (NaN for an empty batch)."""
-        if any(p.grad is not None and p.grad.abs().sum() > 0 for p in self.params):
-            raise InputError("the model already holds aggregated gradients (a backward outside the private "
-                             "engine?): per-sample clipping needs them per example; zero them first")
+        refuse_aggregated(self.params)
         self.module.train()
         if len(batch) == 0:  # an empty Poisson batch still costs a step: pure noise
             for p in self.params:
@@ -204,13 +209,10 @@ class PrivateEngine:
 
     def per_sample_norms(self, batch: torch.Tensor) -> torch.Tensor:
         """Per-sample gradient norms of a batch, before clipping (for tests and diagnostics)."""
+        lm_loss(self.module(input_ids=batch).logits, batch).mean().backward()
         if self.mode == "ghost":
-            logits = self.module(input_ids=batch).logits
-            lm_loss(logits, batch).mean().backward(retain_graph=False)
             norms = self.module.get_norm_sample()
         else:
-            loss = lm_loss(self.module(input_ids=batch).logits, batch).mean()
-            loss.backward()
             norms = torch.stack([p.grad_sample.reshape(len(batch), -1).norm(dim=1) for p in self.params],
                                 dim=1).norm(dim=1)
         self.optimizer.zero_grad(set_to_none=True)

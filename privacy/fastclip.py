@@ -199,9 +199,9 @@ class BookKeepingEngine:
         """Leave the noisy clipped gradient of a logical batch in ``p.grad`` (Opacus's formula)."""
         from opacus.optimizers.optimizer import _generate_noise
 
-        if any(p.grad is not None and p.grad.abs().sum() > 0 for p in self.params):
-            raise InputError("the model already holds aggregated gradients (a backward outside the private "
-                             "engine?): per-sample clipping needs them per example; zero them first")
+        from privacy.engine import refuse_aggregated
+
+        refuse_aggregated(self.params)
         summed = {p: torch.zeros_like(p) for p in self.params}
         losses = []
         for chunk in torch.split(batch, physical_batch or max(len(batch), 1)):

@@ -126,7 +126,7 @@ class DPLearner:
         self.private_taken = 0   # DP steps taken
         self.public_val_losses: list[float] = []  # the plateau test's history
         self._batch = None
-        self._union = None
+        self._all = None
         self._unaccounted = False
         if self.phase == "private":
             self._attach()
@@ -193,8 +193,7 @@ class DPLearner:
             if self.method in MIXING:
                 self._public_batch = self._global_batch(self.public)
         else:
-            self._batch = self._global_batch(self.public if self.phase == "public" else
-                                             torch.cat([self.public, self._all_private()]))
+            self._batch = self._global_batch(self.public if self.phase == "public" else self._everything())
         return {"phase": self.phase, "stop": None}
 
     def update(self) -> dict:
@@ -231,17 +230,17 @@ class DPLearner:
         """A non-private batch of ``batch_size`` drawn alike on every worker; this worker's rows."""
         return pool[torch.randperm(len(pool), generator=self.shared)[: self.batch_size]][self.rank::self.workers]
 
-    def _all_private(self) -> torch.Tensor:
-        """nondp trains on everything; each worker draws from the union of the shards."""
-        if self.workers == 1:
-            return self.private
-        if self._union is None:
-            import torch.distributed as dist
+    def _everything(self) -> torch.Tensor:
+        """nondp trains on everything: the public split and every worker's private shard (built once)."""
+        if self._all is None:
+            shards = [self.private]
+            if self.workers > 1:
+                import torch.distributed as dist
 
-            shards = [None] * self.workers
-            dist.all_gather_object(shards, self.private)
-            self._union = torch.cat([shards[r] for r in range(self.workers)])
-        return self._union
+                shards = [None] * self.workers
+                dist.all_gather_object(shards, self.private)
+            self._all = torch.cat([self.public, *shards])
+        return self._all
 
     def _average(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         """In-place mean over the workers."""
