@@ -3,6 +3,7 @@ group of them Ray actors sharing a torch.distributed process group: gloo on CPU,
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ class Learner:
         model_path: directory or hub id of the starting policy.
         rank, world_size, init_method: the process group (``init_method`` e.g. tcp://host:port);
             world_size 1 needs no group.
-        lr, weight_decay: AdamW settings.
+        lr, weight_decay: AdamW settings (``train`` may set each update's lr).
         threads: torch intra-op threads for this worker.
         seed: torch seed (dropout-free models make updates deterministic anyway).
     """
@@ -45,7 +46,8 @@ class Learner:
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
         self.version = 0
         self.model_path, self.lr = model_path, lr
-        self.reward = None  # RFT: (reward model, its optimizer, frozen reference policy), made on first use
+        self.reward = None  # RFT: (reward model, its optimizer), made on first use
+        self.reference = None  # the frozen starting policy (KL penalties), loaded on first use
 
     def _logp(self, batch: TrainBatch) -> torch.Tensor:
         logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
@@ -61,8 +63,22 @@ class Learner:
         optimizer.step()
         return float(norm)
 
+    def _reference(self):
+        """The frozen starting policy: the reference of KL penalties (MPO's ``kl_coef``, RFT)."""
+        if self.reference is None:
+            from transformers import AutoModelForCausalLM
+
+            self.reference = AutoModelForCausalLM.from_pretrained(self.model_path).eval().requires_grad_(False)
+        return self.reference
+
+    @torch.no_grad()
+    def _reference_logp(self, batch: TrainBatch) -> torch.Tensor:
+        logits = self._reference()(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        return sequence_logprob(token_logp=token_logprobs(logits=logits, input_ids=batch.input_ids),
+                                mask=batch.response_mask)
+
     def train(self, batch: TrainBatch, *, algorithm: str, eta: float, tau: float = 0.0, link: str = "logistic",
-              epochs: int = 1, minibatches: int = 1) -> dict:
+              epochs: int = 1, minibatches: int = 1, lr: float | None = None, kl_coef: float = 0.0) -> dict:
         """``epochs`` passes over this worker's shard in ``minibatches`` optimizer steps each
         (minibatches hold whole examples: a conversation's turns or a pair stay together).
 
@@ -72,12 +88,25 @@ class Learner:
         the learner's newer weights instead made correctness swing by ±10 points). In sync mode
         both anchors are the same; ``behaviour_gap`` reports how far apart they are (measured on
         the first minibatch, before the first step). ``rho_mean`` is the mean ρ the last pass saw.
+
+        ``kl_coef`` β > 0 (MPO) penalises the divergence from the starting policy; ``kl_ref``
+        reports mean log π_t(a|s) − log π_ref(a|s) over the samples, an estimate of that KL.
+        ``lr`` (the driver's schedule) sets this update's learning rate.
         """
         start = time.perf_counter()
+        if lr is not None:  # the driver's schedule sets each update's rate (RFT's reward model keeps its own)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
         algo = get_algorithm(algorithm)
         if algo.reward_model:
             return self._train_rft(batch, eta=eta, epochs=epochs, minibatches=minibatches, start=start)
         examples = len(torch.unique(batch.example))
+        extra, kl = {}, {}
+        if kl_coef and examples:
+            if not algo.kl_penalty:
+                raise ValueError(f"{algorithm} has no KL penalty (kl_coef)")
+            batch = dataclasses.replace(batch, logp_ref=self._reference_logp(batch))
+            extra, kl = {"kl_coef": kl_coef}, {"kl_ref": float((batch.logp_old - batch.logp_ref).mean())}
         if examples == 0:  # e.g. every pair tied: nothing to learn from, the policy stays
             self.version += 1
             return {"loss": 0.0, "grad_norm": 0.0, "rho_mean": 0.0, "behaviour_gap": 0.0, "examples": 0,
@@ -93,35 +122,32 @@ class Learner:
                     behaviour_gap = float(rho.mean())
                 if epoch == epochs - 1:
                     rhos.append(rho)
-                loss = algo.loss(batch=mb, logp=logp, eta=eta, tau=tau, link=link).mean()
+                loss = algo.loss(batch=mb, logp=logp, eta=eta, tau=tau, link=link, **extra).mean()
                 norms.append(self._step(loss))
                 losses.append(float(loss.detach()))
         self.version += 1
         return {"loss": sum(losses) / len(losses), "grad_norm": sum(norms) / len(norms),
                 "rho_mean": float(torch.cat(rhos).mean()), "behaviour_gap": behaviour_gap, "examples": examples,
-                "version": self.version, "train_seconds": time.perf_counter() - start}
+                **kl, "version": self.version, "train_seconds": time.perf_counter() - start}
 
     def _reward_model(self):
         """RFT's reward model (the policy's architecture with a scalar head, from the starting
-        policy) and the frozen starting policy, the reference of the KL penalty."""
+        policy) and its optimizer."""
         if self.reward is None:
-            from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+            from transformers import AutoModelForSequenceClassification
 
             rm = AutoModelForSequenceClassification.from_pretrained(self.model_path, num_labels=1)
             rm.config.pad_token_id = self.tokenizer.pad_token_id
-            reference = AutoModelForCausalLM.from_pretrained(self.model_path).eval().requires_grad_(False)
-            self.reward = (rm.train(), torch.optim.AdamW(rm.parameters(), lr=self.lr), reference)
+            self.reward = (rm.train(), torch.optim.AdamW(rm.parameters(), lr=self.lr))
         return self.reward
 
     def _train_rft(self, batch: TrainBatch, *, eta: float, epochs: int, minibatches: int, start: float) -> dict:
         """RFT (DESIGN §3): (1) Bradley–Terry steps of the reward model on (demonstration, own
         answer) pairs; (2) REINFORCE with a leave-one-out baseline on the policy's own answers,
         rewarded r − (1/η)(log π_t − log π_ref): the KL penalty to the starting policy."""
-        import dataclasses
-
         from framework.losses import bt_reward_loss, rloo_loss
 
-        rm, rm_optimizer, reference = self._reward_model()
+        rm, rm_optimizer = self._reward_model()
         rm_losses = []
         for _ in range(epochs):
             for mb in batch.shard(minibatches):
@@ -134,10 +160,7 @@ class Learner:
         own = batch.rows(batch.side == 1)
         with torch.no_grad():
             reward = rm(input_ids=own.input_ids, attention_mask=own.attention_mask).logits.squeeze(-1)
-            ref_logits = reference(input_ids=own.input_ids, attention_mask=own.attention_mask).logits
-            ref_logp = sequence_logprob(token_logp=token_logprobs(logits=ref_logits, input_ids=own.input_ids),
-                                        mask=own.response_mask)
-        shaped = reward - (own.logp_old - ref_logp) / eta
+        shaped = reward - (own.logp_old - self._reference_logp(own)) / eta
         own = dataclasses.replace(own, q_hat=shaped)
         losses, norms = [], []
         for _ in range(epochs):
@@ -186,7 +209,7 @@ class Learner:
         self.module.load_state_dict(load_file(str(directory / "policy" / "model.safetensors")))
         load_optimizer(self.optimizer, directory)
         if (directory / "reward_model").exists():
-            rm, rm_optimizer, _ = self._reward_model()
+            rm, rm_optimizer = self._reward_model()
             rm.load_state_dict(load_file(str(directory / "reward_model" / "model.safetensors")))
             load_optimizer(rm_optimizer, directory / "reward_model")
         self.version = version

@@ -12,6 +12,7 @@ so an explicit override always wins, also over the reduced ``quick`` sizes.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,6 +135,9 @@ class DemosConfig:
             raise ConfigError("corruption", f"must be in [0, 1], got {self.corruption}")
 
 
+LR_SCHEDULES = ("constant", "linear", "cosine")
+
+
 @dataclass(frozen=True)
 class AlgoConfig:
     """The self-play algorithm and its learner settings."""
@@ -142,6 +146,11 @@ class AlgoConfig:
     """Algorithm (registered in framework/algorithms)."""
     eta: float = 5.0
     """Step size η of π_{t+1} ∝ π_t exp(η Q), for every method: DPO's β and IPO's τ are 1/η."""
+    kl_coef: float = 0.0
+    """MPO: β of a KL penalty toward the warm-start policy π_ref (0 = the paper's MPO). The step
+    becomes π_{t+1} ∝ π_t^{1−ηβ} π_ref^{ηβ} exp(η Q̂), mirror descent on the KL-regularised game,
+    whose last iterate settles at the regularised equilibrium π ∝ π_ref exp(Q/β) where plain MPO's
+    circles a non-transitive preference's equilibrium. Needs ηβ < 1 and one-step Q."""
     tau: float = 0.0
     """OMPO's optimism offset τ in η (2 Q̂ᵗ − Q̂ᵗ⁻¹ − τ) (the paper uses 0); other methods ignore it."""
     q: str = "one_step"
@@ -162,7 +171,12 @@ class AlgoConfig:
     keep: str = "all"
     """Which samples train: ``all`` or ``best_worst`` (the paper's choice)."""
     lr: float = 1e-3
-    """Learner AdamW learning rate."""
+    """Learner AdamW learning rate (the peak, under a schedule)."""
+    lr_schedule: str = "constant"
+    """How the learning rate moves over ``train.iterations``: ``constant``, or ``linear`` /
+    ``cosine`` decay to zero at the last iteration (after the warm-up)."""
+    warmup: int = 0
+    """Iterations of linear warm-up from zero to ``lr``."""
     epochs: int = 1
     """Passes over each iteration's batch."""
     minibatches: int = 2
@@ -179,6 +193,14 @@ class AlgoConfig:
             raise ConfigError("q", f"must be 'one_step', 'monte_carlo' or 'terminal', got {self.q!r}")
         if self.q != "one_step" and self.name != "mpo":
             raise ConfigError("q", f"multi-turn Q estimates are implemented for mpo, not {self.name!r}")
+        if self.kl_coef < 0:
+            raise ConfigError("kl_coef", f"must be ≥ 0, got {self.kl_coef}")
+        if self.kl_coef and (self.name != "mpo" or self.q != "one_step"):
+            raise ConfigError("kl_coef", f"the KL penalty is implemented for mpo with one-step Q, not "
+                              f"{self.name!r} with q={self.q!r}")
+        if self.kl_coef * self.eta >= 1:
+            raise ConfigError("kl_coef", f"η·β must be < 1 (the step mixes π_t^(1−ηβ) and π_ref^(ηβ)), "
+                              f"got {self.eta} × {self.kl_coef} = {self.eta * self.kl_coef:g}")
         if self.rounds < 0:
             raise ConfigError("rounds", f"must be ≥ 0, got {self.rounds}")
         if self.round_iterations < 1:
@@ -191,8 +213,25 @@ class AlgoConfig:
             raise ConfigError("k", f"must be ≥ 2 (Q̂ compares samples), got {self.k}")
         if self.keep not in ("all", "best_worst"):
             raise ConfigError("keep", f"must be 'all' or 'best_worst', got {self.keep!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError("lr_schedule", f"must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.warmup < 0:
+            raise ConfigError("warmup", f"must be ≥ 0, got {self.warmup}")
         if not self.lr > 0 or self.epochs < 1 or self.minibatches < 1:
             raise ConfigError("lr", "lr > 0, epochs ≥ 1 and minibatches ≥ 1 are required")
+
+    def lr_at(self, iteration: int, iterations: int) -> float:
+        """The learning rate of the update of ``iteration`` (0-based) in a run of ``iterations``:
+        linear warm-up over ``warmup`` iterations (the first step at lr/warmup), then the schedule,
+        which reaches zero one iteration past the last (so the last update still moves)."""
+        if iteration < self.warmup:
+            return self.lr * (iteration + 1) / self.warmup
+        if self.lr_schedule == "constant":
+            return self.lr
+        progress = (iteration - self.warmup) / max(iterations - self.warmup, 1)
+        if self.lr_schedule == "linear":
+            return self.lr * (1 - progress)
+        return self.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 @dataclass(frozen=True)
@@ -498,6 +537,9 @@ class Config:
             raise ConfigError("dp.workers", "more than one DP worker needs pipeline.ray=true")
         if self.pipeline.learners > 1 and not self.pipeline.ray:
             raise ConfigError("pipeline.learners", "more than one learner needs pipeline.ray=true")
+        if self.algo.warmup and self.algo.warmup >= self.train.iterations:
+            raise ConfigError("algo.warmup", f"the warm-up ({self.algo.warmup}) must be shorter than "
+                              f"train.iterations ({self.train.iterations})")
 
 
 #: What ``quick=true`` changes: small enough for a smoke run of every example (< 3 minutes for a

@@ -170,16 +170,20 @@ def judge_previous(roles: Roles, rollouts: list[Rollout], cache, iteration: int,
             for (r, j, _), p in zip(pairs, probs)]
 
 
-def update(roles: Roles, batch, cfg: Config) -> dict:
+def update(roles: Roles, batch, cfg: Config, iteration: int) -> dict:
     shards = batch.shard(len(roles.learners))
+    lr = cfg.algo.lr_at(iteration, cfg.train.iterations)
     results = roles.cluster.get([
         roles.cluster.call(learner, "train", shard, algorithm=cfg.algo.name, eta=cfg.algo.eta, tau=cfg.algo.tau,
-                           link=cfg.algo.link, epochs=cfg.algo.epochs, minibatches=cfg.algo.minibatches)
+                           link=cfg.algo.link, epochs=cfg.algo.epochs, minibatches=cfg.algo.minibatches, lr=lr,
+                           kl_coef=cfg.algo.kl_coef)
         for learner, shard in zip(roles.learners, shards)
     ])
     skip = ("examples", "version", "train_seconds")
-    out = {k: float(np.mean([r[k] for r in results])) for k in results[0] if k not in skip}
+    keys = dict.fromkeys(k for r in results for k in r if k not in skip)  # an empty shard lacks kl_ref
+    out = {k: float(np.mean([r[k] for r in results if k in r])) for k in keys}
     out["examples"] = sum(r["examples"] for r in results)
+    out["lr"] = lr
     return out
 
 
@@ -326,7 +330,7 @@ def run_selfplay(cfg: Config, run_dir: Path, *, progress: bool = True) -> dict:
                     if cache is not None:
                         cache.replace(fresh)
                 with timed(m, "update"):
-                    m.update(update(roles, batch, cfg))
+                    m.update(update(roles, batch, cfg, t))
                     version += 1
                 with timed(m, "sync_weights"):
                     if (t + 1) % cfg.algo.round_iterations == 0:

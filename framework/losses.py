@@ -34,12 +34,18 @@ def sft_loss(*, token_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def mpo_loss(*, logp: torch.Tensor, logp_old: torch.Tensor, q_hat: torch.Tensor,
-             baseline: torch.Tensor | float, eta: float) -> torch.Tensor:
+             baseline: torch.Tensor | float, eta: float, kl_coef: float = 0.0,
+             logp_ref: torch.Tensor | None = None) -> torch.Tensor:
     """MPO's natural-actor-critic regression (Wu et al. 2025, the π_{t+1} ∝ π_t exp(η Q) step):
 
-        ℓ = (ρ_θ(a) − η (Q̂(s, a) − b))²,   ρ_θ(a) = log π_θ(a|s) − log π_t(a|s).
+        ℓ = (ρ_θ(a) − η (Q̂(s, a) − b − β (log π_t(a|s) − log π_ref(a|s))))²,
+        ρ_θ(a) = log π_θ(a|s) − log π_t(a|s).
 
-    Its minimiser over a policy class that contains the target is π_t·exp(η (Q̂ − b)).
+    Its minimiser over a policy class that contains the target is π_t·exp(η (Q̂ − b)) for β = 0
+    (the paper's MPO), and π_t^{1−ηβ} π_ref^{ηβ} exp(η (Q̂ − b)) with a KL penalty β toward π_ref:
+    mirror descent on the KL-regularised game ("magnetic" mirror descent, Sokota et al. 2023),
+    whose last iterate converges to the regularised equilibrium π ∝ π_ref exp(Q/β) where the
+    plain update circles a non-transitive preference's equilibrium.
 
     Args:
         logp: (B,) log π_θ(a|s), summed over response tokens (differentiable).
@@ -47,11 +53,18 @@ def mpo_loss(*, logp: torch.Tensor, logp_old: torch.Tensor, q_hat: torch.Tensor,
         q_hat: (B,) the Q estimate, e.g. the one-step win rate (1/K) Σ_k' P(a ≻ a_k').
         baseline: (B,) or scalar b: ½ for one-step Q, (H − h + 1)/2 for the full Q.
         eta: step size η > 0.
+        kl_coef: β ≥ 0, with ηβ < 1.
+        logp_ref: (B,) log π_ref(a|s); required when β > 0.
     Returns:
         (B,) per-example losses.
     """
     rho = logp - logp_old
-    return (rho - eta * (q_hat - baseline)) ** 2
+    target = q_hat - baseline
+    if kl_coef:
+        if logp_ref is None:
+            raise ValueError("mpo_loss: kl_coef > 0 needs logp_ref")
+        target = target - kl_coef * (logp_old - logp_ref)
+    return (rho - eta * target) ** 2
 
 
 def ompo_loss(*, logp: torch.Tensor, logp_old: torch.Tensor, q_hat: torch.Tensor,

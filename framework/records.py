@@ -80,6 +80,7 @@ class TrainBatch:
     example: torch.Tensor  # (B,) index of the example each row belongs to
     side: torch.Tensor  # (B,) 0 = the example's (chosen) response, 1 = its rejected one
     q_hat_prev: torch.Tensor  # (B,) OMPO: win rate against the previous iterate's answers
+    logp_ref: torch.Tensor  # (B,) log π_ref(a|s) of the KL penalty's reference (set by the learner)
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]

@@ -64,7 +64,10 @@ class TabularRun:
     last_policy: tuple[np.ndarray, ...]  # per step (S_h, A)
 
 
-def _log_softmax_update(log_pi, q, eta, mask):
+def _log_softmax_update(log_pi, q, eta, mask, kl_coef=0.0, log_ref=None):
+    """log of π ∝ π_t exp(η q), or π_t^{1−ηβ} π_ref^{ηβ} exp(η q) with a KL penalty β toward π_ref."""
+    if kl_coef:
+        log_pi = (1 - eta * kl_coef) * log_pi + eta * kl_coef * log_ref
     logits = np.where(mask, log_pi + eta * q, -np.inf)
     top = logits.max(axis=1, keepdims=True)
     return logits - (top + np.log(np.exp(logits - top).sum(axis=1, keepdims=True)))
@@ -77,6 +80,7 @@ def run_tabular(
     eta: float = DEFAULT_ETA,
     iters: int,
     init_policy: tuple[np.ndarray, ...] | None = None,
+    kl_coef: float = 0.0,
     on_iteration: Callable[[int], None] | None = None,
 ) -> TabularRun:
     """Run tabular MPO/OMPO/SPPO self-play for ``iters`` updates on a ``MarkovGame``.
@@ -87,6 +91,8 @@ def run_tabular(
         eta: mirror-descent step size η (many codes call 1/η "β"); must be > 0.
         iters: number of policy updates.
         init_policy: π_0; uniform by default.
+        kl_coef: β of a KL penalty toward π_0 (MPO on single-step games, as ``algo.kl_coef``):
+            the last iterate then converges to the regularised equilibrium π ∝ π_0 exp(Q/β).
         on_iteration: called with t after each update (progress bars).
     """
     spec = get_tabular_algo(algo)
@@ -98,10 +104,14 @@ def run_tabular(
         raise InputError(
             f"{algo} is MPO on single-step games; this game has horizon {game.horizon} (use mpo/ompo)"
         )
+    if kl_coef and (spec.optimistic or game.horizon > 1 or not 0 < eta * kl_coef < 1):
+        raise InputError(f"kl_coef is MPO's on single-step games with 0 < η·β < 1; got {algo}, horizon "
+                         f"{game.horizon}, η·β = {eta * kl_coef:g}")
     H = game.horizon
     pi = game.check_policy(init_policy) if init_policy is not None else game.uniform_policy()
     with np.errstate(divide="ignore"):
         log_pi = tuple(np.log(p) for p in pi)
+    log_ref = log_pi
 
     avg_expl = np.empty(iters)
     last_expl = np.empty(iters)
@@ -115,7 +125,8 @@ def run_tabular(
         )
         q, _ = game.evaluate(pi, hint)
         log_pi = tuple(
-            _log_softmax_update(lp, qh, eta, m) for lp, qh, m in zip(log_pi, q, game.action_mask)
+            _log_softmax_update(lp, qh, eta, m, kl_coef, ref)
+            for lp, qh, m, ref in zip(log_pi, q, game.action_mask, log_ref)
         )
         pi = tuple(np.exp(lp) for lp in log_pi)
         rbar_prev = rbar

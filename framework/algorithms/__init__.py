@@ -15,7 +15,7 @@ from framework.records import TrainBatch
 class Algorithm:
     name: str
     build_batch: Callable[..., TrainBatch]  # (rollouts, comparisons, **options) → TrainBatch
-    loss: Callable[..., torch.Tensor]  # (*, batch, logp, eta, tau, link) → (E,) per-example losses
+    loss: Callable[..., torch.Tensor]  # (*, batch, logp, eta, tau, link[, kl_coef]) → (E,) per-example losses
     rollout: str = "tree"  # "tree": K answers branch at every turn; "paths": K whole conversations
     optimistic: bool = False  # also judges answers against the previous iterate's (OMPO)
     options: tuple[str, ...] = ()  # further ``algo.*`` settings build_batch takes as keywords
@@ -23,6 +23,7 @@ class Algorithm:
     slices: bool = False  # "demos": iteration t uses slice t of T = train.iterations (IRFT rounds)
     judged: bool = True  # needs the preference judge
     reward_model: bool = False  # the learner trains an explicit reward model too (RFT)
+    kl_penalty: bool = False  # its loss takes ``kl_coef`` (a KL penalty toward the starting policy)
 
     def rollout_mode(self, q: str) -> str:
         """How the generator plays conversations: Monte-Carlo and terminal Q continue every branch."""
@@ -57,7 +58,7 @@ def get_algorithm(name: str) -> Algorithm:
 
 def collate(prompts: list[list[int]], responses: list[list[int]], *, pad_id: int, logp_old=None,
             q_hat=None, baseline=None, policy_version=None, example=None, side=None,
-            q_hat_prev=None) -> TrainBatch:
+            q_hat_prev=None, logp_ref=None) -> TrainBatch:
     """Right-padded prompt+response tensors with a mask on the response tokens.
 
     By default every row is its own example (side 0); see ``TrainBatch`` for multi-row examples.
@@ -79,4 +80,4 @@ def collate(prompts: list[list[int]], responses: list[list[int]], *, pad_id: int
 
     return TrainBatch(ids, attention, resp, floats(logp_old), floats(q_hat), floats(baseline),
                       longs(policy_version, [0] * B), longs(example, list(range(B))), longs(side, [0] * B),
-                      floats(q_hat_prev))
+                      floats(q_hat_prev), floats(logp_ref))

@@ -8,7 +8,8 @@ For each visited state s_h with K sampled answers a¹..a^K, the judge gives P(a^
                   baseline (H − h + 1)/2;
     terminal:     only the last turn's comparison of the branches counts, baseline ½.
 
-Kept samples (all K, or the best and worst by Q̂ as in the paper) regress ρ_θ onto η (Q̂ − b).
+Kept samples (all K, or the best and worst by Q̂ as in the paper) regress ρ_θ onto η (Q̂ − b),
+less η β (log π_t − log π_ref) with a KL penalty β toward the starting policy (``algo.kl_coef``).
 """
 
 from __future__ import annotations
@@ -110,8 +111,9 @@ def build_batch(rollouts: list[Rollout], comparisons: list[Comparison], *, keep:
                    baseline=baselines, policy_version=versions, q_hat_prev=previous)
 
 
-def loss(*, batch: TrainBatch, logp, eta: float, tau: float = 0.0, link: str = "logistic"):
-    return mpo_loss(logp=logp, logp_old=batch.logp_old, q_hat=batch.q_hat, baseline=batch.baseline, eta=eta)
+def loss(*, batch: TrainBatch, logp, eta: float, tau: float = 0.0, link: str = "logistic", kl_coef: float = 0.0):
+    return mpo_loss(logp=logp, logp_old=batch.logp_old, q_hat=batch.q_hat, baseline=batch.baseline, eta=eta,
+                    kl_coef=kl_coef, logp_ref=batch.logp_ref)
 
 
-register_algorithm("mpo", build_batch=build_batch, loss=loss, options=("q",))
+register_algorithm("mpo", build_batch=build_batch, loss=loss, options=("q",), kl_penalty=True)

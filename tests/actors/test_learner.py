@@ -1,3 +1,6 @@
+import dataclasses
+
+import pytest
 import torch
 
 from actors.learner import Learner
@@ -28,6 +31,28 @@ def test_mpo_updates_move_logprobs_toward_the_target(tiny_policy, task):
     target = 2.0 * (batch.q_hat - 0.5)
     # the update correlates ρ with its regression target
     assert torch.corrcoef(torch.stack([rho, target]))[0, 1] > 0.5
+
+
+def test_a_kl_penalty_regresses_onto_the_magnetic_target_and_reports_the_kl(tiny_policy, task):
+    """After one update from the starting policy (π_t = π_ref), the second update's KL estimate is
+    mean(log π_t − log π_ref) over its samples, the reference being the frozen starting policy;
+    the learning rate passed in is the one the optimizer used."""
+    learner = Learner(model_path=tiny_policy, lr=3e-3)
+    batch = _batch(task, learner)
+    first = learner.train(batch, algorithm="mpo", eta=2.0, kl_coef=0.1, lr=1e-3)
+    assert first["kl_ref"] == pytest.approx(0.0, abs=1e-5)  # the samples came from π_ref itself
+    assert learner.optimizer.param_groups[0]["lr"] == 1e-3
+    with torch.no_grad():
+        moved = learner._logp(batch)
+    ref = Learner(model_path=tiny_policy)
+    with torch.no_grad():
+        start = ref._logp(batch)
+    second = dataclasses.replace(batch, logp_old=moved)
+    out = learner.train(second, algorithm="mpo", eta=2.0, kl_coef=0.1)
+    assert out["kl_ref"] == pytest.approx(float((moved - start).mean()), abs=1e-5)
+    assert abs(out["kl_ref"]) > 1e-4  # the first update did move the policy
+    with pytest.raises(ValueError, match="no KL penalty"):
+        learner.train(batch, algorithm="dpo", eta=2.0, kl_coef=0.1)
 
 
 def test_checkpoint_round_trip_restores_weights_and_optimizer(tiny_policy, task, tmp_path):

@@ -1,3 +1,4 @@
+import math
 from pathlib import Path
 
 import pytest
@@ -44,12 +45,28 @@ def test_overrides_win_over_quick_and_yaml(tmp_path):
     (["lab.init=zeros"], "lab.init: must be 'uniform' or 'random'"),
     (["job=train"], "job: unknown job 'train'"),
     (["lab.iters"], "an override must look like key=value"),
+    (["algo.kl_coef=0.3"], "algo.kl_coef: η·β must be < 1"),
+    (["algo.kl_coef=0.1", "algo.name=ompo"], "algo.kl_coef: the KL penalty is implemented for mpo"),
+    (["algo.kl_coef=0.1", "algo.q=monte_carlo"], "algo.kl_coef: the KL penalty is implemented for mpo"),
+    (["algo.lr_schedule=step"], "algo.lr_schedule: must be one of"),
+    (["algo.warmup=200"], "algo.warmup: the warm-up (200) must be shorter than train.iterations (200)"),
 ])
 def test_bad_values_name_the_full_key(overrides, message):
     with pytest.raises(ConfigError) as err:
         load_config(None, overrides)
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("schedule, expected", [
+    # lr = 1, 10 iterations, 2 of warm-up: 1/2, 1, then over the remaining 8 (progress (t − 2)/8)
+    ("constant", [0.5, 1, 1, 1, 1, 1, 1, 1, 1, 1]),
+    ("linear", [0.5, 1, 1, 7 / 8, 6 / 8, 5 / 8, 4 / 8, 3 / 8, 2 / 8, 1 / 8]),
+    ("cosine", [0.5, 1] + [0.5 * (1 + math.cos(math.pi * k / 8)) for k in range(8)]),
+])
+def test_learning_rate_schedules(schedule, expected):
+    cfg = load_config(None, [f"algo.lr_schedule={schedule}", "algo.lr=1", "algo.warmup=2", "train.iterations=10"])
+    assert [cfg.algo.lr_at(t, 10) for t in range(10)] == pytest.approx(expected)
 
 
 def test_unknown_keys_in_yaml_name_their_path(tmp_path):

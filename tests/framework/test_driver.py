@@ -24,10 +24,14 @@ def read_metrics(run_dir):
 
 def test_async_mpo_run_under_ray(ray_session, tiny_policy, cache_dir, tmp_path):
     cfg = small_config(cache_dir, "train.iterations=4", "eval.every=2", "checkpoint.every=2",
-                       "pipeline.mode=async", "pipeline.max_staleness=1")
+                       "pipeline.mode=async", "pipeline.max_staleness=1", "algo.kl_coef=0.05",
+                       "algo.lr_schedule=linear")
     summary = run_selfplay(cfg, tmp_path, progress=False)
     rows = read_metrics(tmp_path)
     assert [r["iteration"] for r in rows] == [1, 2, 3, 4]
+    assert [r["lr"] for r in rows] == pytest.approx([cfg.algo.lr * f for f in (1, 0.75, 0.5, 0.25)])
+    # the first update's samples come from the warm start itself: no divergence from it yet
+    assert rows[0]["kl_ref"] == pytest.approx(0.0, abs=1e-4) and rows[-1]["kl_ref"] != rows[0]["kl_ref"]
     for key in ("policy_version", "samples", "samples_per_s", "win_rate_vs_init", "exploitability",
                 "staleness_mean", "dropped_stale", "generate_s", "judge_s", "update_s", "sync_weights_s"):
         assert key in rows[0], key
@@ -57,15 +61,18 @@ def test_async_mpo_run_under_ray(ray_session, tiny_policy, cache_dir, tmp_path):
         assert (tmp_path / f"{png}.png").stat().st_size > 1000
 
 
-@pytest.mark.parametrize("algo", ["mpo", "ompo"])
+@pytest.mark.parametrize("algo", ["mpo", "ompo", "mpo-kl"])
 def test_resume_continues_with_the_same_metrics(tiny_policy, cache_dir, tmp_path, algo):
     """Sync mode, in-process: 4 iterations straight equal 2 + resume to 4 (same seed).
 
     For OMPO the previous iterate's answers are part of the checkpoint: without them the resumed
-    iteration 3 would fall back to MPO targets and its loss would differ.
+    iteration 3 would fall back to MPO targets and its loss would differ. With a KL penalty the
+    resumed learner's reference is still the warm start, not the checkpoint it resumed from.
     """
+    kl = ["algo.kl_coef=0.05"] if algo == "mpo-kl" else []
+    algo = algo.removesuffix("-kl")
     common = ["train.iterations=4", "eval.every=1", "checkpoint.every=2", "pipeline.mode=sync",
-              "pipeline.ray=false", f"algo.name={algo}", "train.fixed_prompts=true"]
+              "pipeline.ray=false", f"algo.name={algo}", "train.fixed_prompts=true", *kl]
     straight = tmp_path / "straight"
     run_selfplay(small_config(cache_dir, *common), straight, progress=False)
     split = tmp_path / "split"
@@ -73,7 +80,8 @@ def test_resume_continues_with_the_same_metrics(tiny_policy, cache_dir, tmp_path
     run_selfplay(small_config(cache_dir, *common, "resume=true"), split, progress=False)
     a, b = read_metrics(straight), read_metrics(split)
     assert [r["iteration"] for r in b] == [1, 2, 3, 4]
-    for key in ("loss", "grad_norm", "rho_mean", "win_rate_vs_init", "exploitability", "samples"):
+    for key in ("loss", "grad_norm", "rho_mean", "win_rate_vs_init", "exploitability", "samples", *(
+            ["kl_ref"] if kl else [])):
         assert [r[key] for r in a[2:]] == pytest.approx([r[key] for r in b[2:]], rel=1e-5, abs=1e-6), key
     if algo == "ompo":
         assert [r["optimistic_states"] for r in a] == [r["optimistic_states"] for r in b]

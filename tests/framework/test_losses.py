@@ -37,6 +37,38 @@ def test_mpo_loss_minimiser_is_the_mirror_descent_target():
     torch.testing.assert_close(torch.softmax(free.detach(), 0), target, atol=1e-5, rtol=1e-5)
 
 
+def test_mpo_loss_with_a_kl_penalty_by_hand():
+    """As above with logp_ref = (−1.0, −1.5, −1.5), β = 0.1: log π_t − log π_ref = (−0.2, 0, 1);
+    target η(Q̂ − b − β(log π_t − log π_ref)) = 2·(0.27, −0.25, −0.1) = (0.54, −0.5, −0.2);
+    ℓ = ((0.2 − 0.54)², 0², (0 + 0.2)²) = (0.1156, 0, 0.04)."""
+    args = dict(logp=torch.tensor([-1.0, -2.0, -0.5]), logp_old=torch.tensor([-1.2, -1.5, -0.5]),
+                q_hat=torch.tensor([0.75, 0.25, 0.5]), baseline=0.5, eta=2.0)
+    out = mpo_loss(**args, kl_coef=0.1, logp_ref=torch.tensor([-1.0, -1.5, -1.5]))
+    torch.testing.assert_close(out, torch.tensor([0.1156, 0.0, 0.04]))
+    with pytest.raises(ValueError, match="logp_ref"):
+        mpo_loss(**args, kl_coef=0.1)
+
+
+def test_mpo_loss_minimiser_with_a_kl_penalty_is_the_magnetic_step():
+    """Minimising over free logits gives π ∝ π_t^(1−ηβ) π_ref^(ηβ) exp(η(Q̂ − b))."""
+    torch.manual_seed(0)
+    logp_old, logp_ref = torch.log_softmax(torch.randn(4), 0), torch.log_softmax(torch.randn(4), 0)
+    q, eta, beta = torch.tensor([0.9, 0.4, 0.5, 0.2]), 1.5, 0.3
+    free = torch.zeros(4, requires_grad=True)
+    opt = torch.optim.LBFGS([free], max_iter=200)
+
+    def closure():
+        opt.zero_grad()
+        loss = mpo_loss(logp=free, logp_old=logp_old, q_hat=q, baseline=0.5, eta=eta, kl_coef=beta,
+                        logp_ref=logp_ref).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    target = torch.softmax((1 - eta * beta) * logp_old + eta * beta * logp_ref + eta * q, 0)
+    torch.testing.assert_close(torch.softmax(free.detach(), 0), target, atol=1e-5, rtol=1e-5)
+
+
 def test_token_logprobs_against_a_loop():
     torch.manual_seed(1)
     logits, ids = torch.randn(2, 5, 7), torch.randint(0, 7, (2, 5))
