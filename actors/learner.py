@@ -49,8 +49,9 @@ class Learner:
         self.reward = None  # RFT: (reward model, its optimizer), made on first use
         self.reference = None  # the frozen starting policy (KL penalties), loaded on first use
 
-    def _logp(self, batch: TrainBatch) -> torch.Tensor:
-        logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    def _logp(self, batch: TrainBatch, model=None) -> torch.Tensor:
+        """(B,) log-probs of the responses under ``model`` (default: the trained policy)."""
+        logits = (model or self.model)(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
         return sequence_logprob(token_logp=token_logprobs(logits=logits, input_ids=batch.input_ids),
                                 mask=batch.response_mask)
 
@@ -73,9 +74,7 @@ class Learner:
 
     @torch.no_grad()
     def _reference_logp(self, batch: TrainBatch) -> torch.Tensor:
-        logits = self._reference()(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        return sequence_logprob(token_logp=token_logprobs(logits=logits, input_ids=batch.input_ids),
-                                mask=batch.response_mask)
+        return self._logp(batch, self._reference())
 
     def train(self, batch: TrainBatch, *, algorithm: str, eta: float, tau: float = 0.0, link: str = "logistic",
               epochs: int = 1, minibatches: int = 1, lr: float | None = None, kl_coef: float = 0.0) -> dict:
@@ -101,16 +100,16 @@ class Learner:
         if algo.reward_model:
             return self._train_rft(batch, eta=eta, epochs=epochs, minibatches=minibatches, start=start)
         examples = len(torch.unique(batch.example))
-        extra, kl = {}, {}
-        if kl_coef and examples:
-            if not algo.kl_penalty:
-                raise ValueError(f"{algorithm} has no KL penalty (kl_coef)")
-            batch = dataclasses.replace(batch, logp_ref=self._reference_logp(batch))
-            extra, kl = {"kl_coef": kl_coef}, {"kl_ref": float((batch.logp_old - batch.logp_ref).mean())}
+        if kl_coef and not algo.kl_penalty:
+            raise ValueError(f"{algorithm} has no KL penalty (kl_coef)")
+        extra, kl = ({"kl_coef": kl_coef}, {"kl_ref": 0.0}) if kl_coef else ({}, {})
         if examples == 0:  # e.g. every pair tied: nothing to learn from, the policy stays
             self.version += 1
-            return {"loss": 0.0, "grad_norm": 0.0, "rho_mean": 0.0, "behaviour_gap": 0.0, "examples": 0,
+            return {"loss": 0.0, "grad_norm": 0.0, "rho_mean": 0.0, "behaviour_gap": 0.0, "examples": 0, **kl,
                     "version": self.version, "train_seconds": time.perf_counter() - start}
+        if kl_coef:
+            batch = dataclasses.replace(batch, logp_ref=self._reference_logp(batch))
+            kl["kl_ref"] = float((batch.logp_old - batch.logp_ref).mean())
         # Diagnostics come from the training forwards (no extra passes over the batch):
         # behaviour_gap from the first minibatch, before any step; rho_mean over the last pass.
         losses, norms, rhos, behaviour_gap = [], [], [], 0.0

@@ -180,8 +180,7 @@ def update(roles: Roles, batch, cfg: Config, iteration: int) -> dict:
         for learner, shard in zip(roles.learners, shards)
     ])
     skip = ("examples", "version", "train_seconds")
-    keys = dict.fromkeys(k for r in results for k in r if k not in skip)  # an empty shard lacks kl_ref
-    out = {k: float(np.mean([r[k] for r in results if k in r])) for k in keys}
+    out = {k: float(np.mean([r[k] for r in results])) for k in results[0] if k not in skip}
     out["examples"] = sum(r["examples"] for r in results)
     out["lr"] = lr
     return out
