@@ -9,7 +9,8 @@ import torch
 
 from actors.backends import make_backend
 from framework.errors import InputError
-from framework.records import Rollout
+from framework.models import answer_ids, load_policy
+from framework.records import GenerationRequest, Rollout, Sample
 from games.conversation import Episode
 
 
@@ -26,8 +27,6 @@ class RolloutGenerator:
 
     def __init__(self, *, model_path: str, backend: str = "hf", generator_id: int = 0,
                  max_new_tokens: int = 8, threads: int = 1):
-        from framework.models import load_policy
-
         torch.set_num_threads(threads)
         model, self.tokenizer = load_policy(model_path)
         self.backend = make_backend(backend, model_path=model_path, model=model, tokenizer=self.tokenizer,
@@ -55,9 +54,18 @@ class RolloutGenerator:
 
     def encode_answer(self, messages: list[dict], text: str) -> list[int]:
         """The tokens of an assistant turn ``text`` after ``messages``, as the chat template writes it."""
-        from framework.models import answer_ids
-
         return answer_ids(self.tokenizer, messages, text)[1]
+
+    def generate(self, request: GenerationRequest, *, iteration: int, seed: int) -> list[Rollout]:
+        """Everything a request asks for: its episodes played (``rollout``) and its demonstrations
+        answered (``respond``), tagged with ``iteration``."""
+        out = []
+        if request.episodes:
+            out += self.rollout(list(request.episodes), k=request.k, iteration=iteration, seed=seed,
+                                mode=request.mode)
+        if request.demonstrations:
+            out += self.respond(list(request.demonstrations), k=request.k, iteration=iteration, seed=seed)
+        return out
 
     def respond(self, demonstrations: list[tuple[str, list[dict], str]], *, k: int, iteration: int,
                 seed: int) -> list[Rollout]:
@@ -87,7 +95,7 @@ class RolloutGenerator:
         ids = [self.encode_answer(s, a) for s, a in zip(states, answers)]
         return [float(sum(x)) for x in self.backend.score(prompts, ids)]
 
-    def sample(self, states: list[list[dict]], *, k: int, seed: int):
+    def sample(self, states: list[list[dict]], *, k: int, seed: int) -> list[list[Sample]]:
         """K samples for each state (a conversation prefix ending with a user turn)."""
         return self.backend.generate([self.encode(s) for s in states], k=k, seed=seed)
 

@@ -1,16 +1,27 @@
 """``Learner``: one data-parallel training worker (a plain class; ``actors.remote`` makes a
-group of them Ray actors sharing a torch.distributed process group: gloo on CPU, NCCL on GPU)."""
+group of them Ray actors sharing a torch.distributed process group: gloo on CPU, NCCL on GPU).
+
+The learner holds the policy, its optimizer, the frozen starting policy and whatever models an
+algorithm trains beside the policy; how a batch is trained on is the algorithm's ``update`` hook
+(``framework.algorithms.hooks``), which uses the services below (``logp``, ``step``,
+``reference_logp``, ``auxiliary``).
+"""
 
 from __future__ import annotations
 
-import dataclasses
+import shutil
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
+import torch.distributed as dist
+from safetensors.torch import load_file
 
 from framework.algorithms import get_algorithm
+from framework.checkpoint import load_optimizer, save_optimizer
 from framework.losses import sequence_logprob, sft_loss, token_logprobs
+from framework.models import load_policy, load_reference
 from framework.records import TrainBatch
 
 
@@ -28,10 +39,6 @@ class Learner:
 
     def __init__(self, *, model_path: str, rank: int = 0, world_size: int = 1, init_method: str | None = None,
                  lr: float = 1e-3, weight_decay: float = 0.0, threads: int = 1, seed: int = 0):
-        import torch.distributed as dist
-
-        from framework.models import load_policy
-
         torch.set_num_threads(threads)
         torch.manual_seed(seed)
         self.rank, self.world_size = rank, world_size
@@ -46,17 +53,19 @@ class Learner:
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
         self.version = 0
         self.model_path, self.lr = model_path, lr
-        self.reward = None  # RFT: (reward model, its optimizer), made on first use
         self.reference = None  # the frozen starting policy (KL penalties), loaded on first use
+        self.aux: dict[str, tuple] = {}  # name → (module, optimizer) an algorithm trains beside the policy
+        self.checkpoint: Path | None = None  # the checkpoint last loaded (auxiliary models restore from it)
 
-    def _logp(self, batch: TrainBatch, model=None) -> torch.Tensor:
+    # --- services of the update hooks ------------------------------------------------------
+    def logp(self, batch: TrainBatch, model=None) -> torch.Tensor:
         """(B,) log-probs of the responses under ``model`` (default: the trained policy)."""
         logits = (model or self.model)(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
         return sequence_logprob(token_logp=token_logprobs(logits=logits, input_ids=batch.input_ids),
                                 mask=batch.response_mask)
 
-    def _step(self, loss: torch.Tensor, optimizer=None, module=None) -> float:
-        """One clipped step of ``optimizer`` on ``module`` (default: the policy's)."""
+    def step(self, loss: torch.Tensor, optimizer=None, module=None) -> float:
+        """One clipped step of ``optimizer`` on ``module`` (default: the policy's); the gradient norm."""
         optimizer, module = optimizer or self.optimizer, module or self.module
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -64,151 +73,76 @@ class Learner:
         optimizer.step()
         return float(norm)
 
-    def _reference(self):
-        """The frozen starting policy: the reference of KL penalties (MPO's ``kl_coef``, RFT)."""
-        if self.reference is None:
-            from transformers import AutoModelForCausalLM
-
-            self.reference = AutoModelForCausalLM.from_pretrained(self.model_path).eval().requires_grad_(False)
-        return self.reference
-
     @torch.no_grad()
-    def _reference_logp(self, batch: TrainBatch) -> torch.Tensor:
-        return self._logp(batch, self._reference())
+    def reference_logp(self, batch: TrainBatch) -> torch.Tensor:
+        """(B,) log-probs under the frozen starting policy (the reference of KL penalties)."""
+        if self.reference is None:
+            self.reference = load_reference(self.model_path)
+        return self.logp(batch, self.reference)
 
+    def auxiliary(self, name: str, build: Callable[[], tuple]) -> tuple:
+        """(module, optimizer) of a model an algorithm trains beside the policy, made by ``build()``
+        on first use and saved with the policy under ``name/``; after ``load`` it is restored from
+        the loaded checkpoint."""
+        if name not in self.aux:
+            module, optimizer = build()
+            saved = self.checkpoint / name if self.checkpoint else None
+            if saved is not None and (saved / "model.safetensors").exists():
+                module.load_state_dict(load_file(str(saved / "model.safetensors")))
+                load_optimizer(optimizer, saved)
+            self.aux[name] = (module, optimizer)
+        return self.aux[name]
+
+    # --- the role's methods ----------------------------------------------------------------
     def train(self, batch: TrainBatch, *, algorithm: str, eta: float, tau: float = 0.0, link: str = "logistic",
               epochs: int = 1, minibatches: int = 1, lr: float | None = None, kl_coef: float = 0.0) -> dict:
-        """``epochs`` passes over this worker's shard in ``minibatches`` optimizer steps each
-        (minibatches hold whole examples: a conversation's turns or a pair stay together).
-
-        ρ is measured against the policy that generated the samples (the generator's log-probs),
-        as PPO measures its ratio against the behaviour policy: with async generation one version
-        behind, the step is taken from there, which damps overshooting (in our runs anchoring on
-        the learner's newer weights instead made correctness swing by ±10 points). In sync mode
-        both anchors are the same; ``behaviour_gap`` reports how far apart they are (measured on
-        the first minibatch, before the first step). ``rho_mean`` is the mean ρ the last pass saw.
-
-        ``kl_coef`` β > 0 (MPO) penalises the divergence from the starting policy; ``kl_ref``
-        reports mean log π_t(a|s) − log π_ref(a|s) over the samples, an estimate of that KL.
-        ``lr`` (the driver's schedule) sets this update's learning rate.
-        """
+        """One update of ``algorithm`` on this worker's shard (its ``update`` hook: by default
+        ``epochs`` passes in ``minibatches`` optimizer steps each); ``lr`` (the driver's schedule)
+        sets this update's learning rate. Returns the hook's metrics, the new version and the time."""
         start = time.perf_counter()
-        if lr is not None:  # the driver's schedule sets each update's rate (RFT's reward model keeps its own)
+        if lr is not None:  # models trained beside the policy keep their own rate
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
         algo = get_algorithm(algorithm)
-        if algo.reward_model:
-            return self._train_rft(batch, eta=eta, epochs=epochs, minibatches=minibatches, start=start)
-        examples = len(torch.unique(batch.example))
-        if kl_coef and not algo.kl_penalty:
+        if kl_coef and "kl_coef" not in algo.accepts:
             raise ValueError(f"{algorithm} has no KL penalty (kl_coef)")
-        extra, kl = ({"kl_coef": kl_coef}, {"kl_ref": 0.0}) if kl_coef else ({}, {})
-        if examples == 0:  # e.g. every pair tied: nothing to learn from, the policy stays
-            self.version += 1
-            return {"loss": 0.0, "grad_norm": 0.0, "rho_mean": 0.0, "behaviour_gap": 0.0, "examples": 0, **kl,
-                    "version": self.version, "train_seconds": time.perf_counter() - start}
-        if kl_coef:
-            batch = dataclasses.replace(batch, logp_ref=self._reference_logp(batch))
-            kl["kl_ref"] = float((batch.logp_old - batch.logp_ref).mean())
-        # Diagnostics come from the training forwards (no extra passes over the batch):
-        # behaviour_gap from the first minibatch, before any step; rho_mean over the last pass.
-        losses, norms, rhos, behaviour_gap = [], [], [], 0.0
-        for epoch in range(epochs):
-            for i, mb in enumerate(batch.shard(minibatches)):
-                logp = self._logp(mb)
-                rho = (logp.detach() - mb.logp_old)
-                if epoch == 0 and i == 0:
-                    behaviour_gap = float(rho.mean())
-                if epoch == epochs - 1:
-                    rhos.append(rho)
-                loss = algo.loss(batch=mb, logp=logp, eta=eta, tau=tau, link=link, **extra).mean()
-                norms.append(self._step(loss))
-                losses.append(float(loss.detach()))
+        out = algo.update(self, batch, loss=algo.loss, eta=eta, tau=tau, link=link, kl_coef=kl_coef, epochs=epochs,
+                          minibatches=minibatches)
         self.version += 1
-        return {"loss": sum(losses) / len(losses), "grad_norm": sum(norms) / len(norms),
-                "rho_mean": float(torch.cat(rhos).mean()), "behaviour_gap": behaviour_gap, "examples": examples,
-                **kl, "version": self.version, "train_seconds": time.perf_counter() - start}
-
-    def _reward_model(self):
-        """RFT's reward model (the policy's architecture with a scalar head, from the starting
-        policy) and its optimizer."""
-        if self.reward is None:
-            from transformers import AutoModelForSequenceClassification
-
-            rm = AutoModelForSequenceClassification.from_pretrained(self.model_path, num_labels=1)
-            rm.config.pad_token_id = self.tokenizer.pad_token_id
-            self.reward = (rm.train(), torch.optim.AdamW(rm.parameters(), lr=self.lr))
-        return self.reward
-
-    def _train_rft(self, batch: TrainBatch, *, eta: float, epochs: int, minibatches: int, start: float) -> dict:
-        """RFT (DESIGN §3): (1) Bradley–Terry steps of the reward model on (demonstration, own
-        answer) pairs; (2) REINFORCE with a leave-one-out baseline on the policy's own answers,
-        rewarded r − (1/η)(log π_t − log π_ref): the KL penalty to the starting policy."""
-        from framework.losses import bt_reward_loss, rloo_loss
-
-        rm, rm_optimizer = self._reward_model()
-        rm_losses = []
-        for _ in range(epochs):
-            for mb in batch.shard(minibatches):
-                r = rm(input_ids=mb.input_ids, attention_mask=mb.attention_mask).logits.squeeze(-1)
-                r_demo, _ = mb.per_example(r)  # one demonstration row per example
-                own = mb.side == 1
-                loss = bt_reward_loss(chosen_reward=r_demo[mb.example_index()[own]], rejected_reward=r[own]).mean()
-                self._step(loss, rm_optimizer, rm)
-                rm_losses.append(float(loss.detach()))
-        own = batch.rows(batch.side == 1)
-        with torch.no_grad():
-            reward = rm(input_ids=own.input_ids, attention_mask=own.attention_mask).logits.squeeze(-1)
-        shaped = reward - (own.logp_old - self._reference_logp(own)) / eta
-        own = dataclasses.replace(own, q_hat=shaped)
-        losses, norms = [], []
-        for _ in range(epochs):
-            for mb in own.shard(minibatches):
-                loss = rloo_loss(logp=self._logp(mb), reward=mb.q_hat, group=mb.example).mean()
-                norms.append(self._step(loss))
-                losses.append(float(loss.detach()))
-        self.version += 1
-        return {"loss": sum(losses) / len(losses), "grad_norm": sum(norms) / len(norms),
-                "rho_mean": 0.0, "behaviour_gap": 0.0, "examples": len(torch.unique(batch.example)),
-                "reward_loss": sum(rm_losses) / len(rm_losses), "reward_mean": float(reward.mean()),
-                "version": self.version, "train_seconds": time.perf_counter() - start}
+        return {**out, "version": self.version, "train_seconds": time.perf_counter() - start}
 
     def sft_step(self, batch: TrainBatch) -> float:
         """One supervised step on demonstrations (the warm start); returns the loss."""
         logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
         loss = sft_loss(token_logp=token_logprobs(logits=logits, input_ids=batch.input_ids),
                         mask=batch.response_mask).mean()
-        self._step(loss)
+        self.step(loss)
         return float(loss.detach())
 
     def weights(self) -> dict:
         """The current weights for the generators (a detached copy)."""
         return {k: v.detach().clone() for k, v in self.module.state_dict().items()}
 
-    def save(self, directory: str, version: int | None = None) -> None:
-        """Policy (safetensors, loadable with from_pretrained) and optimizer state (rank 0 only)."""
-        from framework.checkpoint import save_optimizer
-
+    def save(self, directory: str) -> None:
+        """Policy (safetensors, loadable with from_pretrained), optimizer state and the auxiliary
+        models (rank 0 only)."""
         if self.rank != 0:
             return
         directory = Path(directory)
         self.module.save_pretrained(directory / "policy")
         self.tokenizer.save_pretrained(directory / "policy")
         save_optimizer(self.optimizer, directory)
-        if self.reward is not None:  # RFT's reward model is part of the run state
-            self.reward[0].save_pretrained(directory / "reward_model")
-            save_optimizer(self.reward[1], directory / "reward_model")
+        for name, (module, optimizer) in self.aux.items():
+            module.save_pretrained(directory / name)
+            save_optimizer(optimizer, directory / name)
+        if self.checkpoint is not None and self.checkpoint.is_dir():  # restored ones not used since: as they are
+            for saved in self.checkpoint.iterdir():
+                if saved.name not in self.aux and (saved / "model.safetensors").exists() and saved.name != "policy":
+                    shutil.copytree(saved, directory / saved.name, dirs_exist_ok=True)
 
     def load(self, directory: str, version: int) -> None:
-        from safetensors.torch import load_file
-
-        from framework.checkpoint import load_optimizer
-
         directory = Path(directory)
         self.module.load_state_dict(load_file(str(directory / "policy" / "model.safetensors")))
         load_optimizer(self.optimizer, directory)
-        if (directory / "reward_model").exists():
-            rm, rm_optimizer = self._reward_model()
-            rm.load_state_dict(load_file(str(directory / "reward_model" / "model.safetensors")))
-            load_optimizer(rm_optimizer, directory / "reward_model")
+        self.checkpoint, self.aux = directory, {}
         self.version = version

@@ -42,8 +42,8 @@ def measure(model_name: str, seq: int, engine: str, steps: int, threads: int) ->
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from privacy.engine import PrivateEngine, lm_loss
-    from privacy.fastclip import BookKeepingEngine
+    from framework.losses import lm_loss
+    from privacy.engine import BookKeepingEngine, PrivateEngine
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -60,7 +60,7 @@ def measure(model_name: str, seq: int, engine: str, steps: int, threads: int) ->
     if engine == "nondp":
         def step():
             opt.zero_grad(set_to_none=True)
-            lm_loss(model(input_ids=x).logits, x).mean().backward()
+            lm_loss(logits=model(input_ids=x).logits, input_ids=x).mean().backward()
             opt.step()
     else:
         e = (BookKeepingEngine(model, opt, **kw) if engine == "alignplay" else

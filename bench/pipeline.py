@@ -47,10 +47,10 @@ def bare_loop(cfg, threads: int) -> dict:
     from actors.generator import RolloutGenerator
     from actors.judge import PreferenceJudge
     from actors.learner import Learner
-    from actors.remote import LocalCluster
     from framework.algorithms import get_algorithm
-    from framework.driver import Roles, iteration_seed, judge_rollouts
-    from framework.warmstart import prepare_policy
+    from framework.algorithms.mpo import state_pairs
+    from framework.jobs.selfplay import iteration_seed
+    from framework.jobs.warmstart import prepare_policy
     from games.tasks import get_task
 
     task = get_task(**dataclasses.asdict(cfg.task))
@@ -58,7 +58,6 @@ def bare_loop(cfg, threads: int) -> dict:
     gen = RolloutGenerator(model_path=path, max_new_tokens=cfg.model.max_new_tokens, threads=threads)
     learner = Learner(model_path=path, lr=cfg.algo.lr, threads=threads, seed=cfg.seed)
     judge = PreferenceJudge(kind="rule", task=task)
-    roles = Roles(LocalCluster(), [gen], None, judge, [learner], gen.pad_id())
     algo = get_algorithm(cfg.algo.name)
     torch.set_num_threads(threads)
     times = {"generate": [], "train": [], "iteration": []}
@@ -67,7 +66,10 @@ def bare_loop(cfg, threads: int) -> dict:
         episodes = task.episodes("train", cfg.train.conversations, iteration_seed(cfg.seed, t))
         rollouts = gen.rollout(episodes, k=cfg.algo.k, iteration=t, seed=iteration_seed(cfg.seed, t) * 10)
         g = time.perf_counter()
-        comparisons = judge_rollouts(roles, rollouts, t, "rule")  # in-process: a LocalCluster
+        pairs = state_pairs(rollouts)  # every pair at every state, as the pipeline's MPO judges
+        probs = judge.compare([json.loads(p.state) for p in pairs], [p.answer_a for p in pairs],
+                              [p.answer_b for p in pairs])
+        comparisons = [p.judged(q, iteration=t, judge="rule") for p, q in zip(pairs, probs)]
         batch = algo.build_batch(rollouts, comparisons, keep=cfg.algo.keep, pad_id=gen.pad_id())
         u = time.perf_counter()
         learner.train(batch, algorithm=cfg.algo.name, eta=cfg.algo.eta, epochs=cfg.algo.epochs,
@@ -100,10 +102,10 @@ def wait_for_ray_to_exit(timeout: float = 30.0) -> None:
 
 
 def pipeline(cfg) -> dict:
-    from framework.driver import run_selfplay
+    from framework.jobs import selfplay
 
     with tempfile.TemporaryDirectory() as run_dir:
-        run_selfplay(cfg, Path(run_dir), progress=False)
+        selfplay.run(cfg, Path(run_dir), progress=False)
         rows = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()][1:]
     wait_for_ray_to_exit()
     busy = [r["iteration_s"] - r["evaluate_s"] - r["checkpoint_s"] for r in rows]

@@ -1,4 +1,9 @@
-"""The ``alignplay`` command line. Bad input → one line on stderr and exit code 2."""
+"""The ``alignplay`` command line: argparse → the jobs (``framework.jobs``). Bad input → one
+line on stderr and exit code 2.
+
+Each command imports its job when it runs, so ``--help`` and config errors answer at once,
+without loading torch.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _matrix(args) -> None:
-    from framework import lab
+    from framework.jobs import lab
     from games.matrix import builtin_game, load_payoff
 
     if (args.payoff is None) == (args.builtin is None):
@@ -37,7 +42,7 @@ def _matrix(args) -> None:
 
 
 def _markov(args) -> None:
-    from framework import lab
+    from framework.jobs import lab
     from games.markov import random_markov_game
 
     if args.games < 1:
@@ -55,12 +60,11 @@ def _markov(args) -> None:
 
 def _run(args) -> None:
     from framework.config import load_config, to_yaml
-    from framework.jobs import PREFLIGHT, run_job
+    from framework.jobs import JOBS, run_job
 
     cfg = load_config(args.config, args.overrides)
     run_dir = Path(args.run_dir or f"runs/{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if cfg.job in PREFLIGHT:
-        PREFLIGHT[cfg.job](cfg, run_dir)  # bad input fails here, before the run directory is touched
+    JOBS[cfg.job].preflight(cfg, run_dir)  # bad input fails here, before the run directory is touched
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     run_job(cfg, run_dir)
@@ -70,54 +74,23 @@ def _run(args) -> None:
 def _report(args) -> None:
     import json
 
-    from framework import dp_report, report
+    from framework.jobs.reports import dp_report, selfplay_report
 
     summary = Path(args.run_dir) / "summary.json"
     is_dp = summary.exists() and "sample_rate" in json.loads(summary.read_text())  # a job: dp run
-    print(f"wrote {(dp_report if is_dp else report).write_report(Path(args.run_dir))}")
+    print(f"wrote {(dp_report if is_dp else selfplay_report)(Path(args.run_dir))}")
 
 
 def _eval(args) -> None:
-    import json
+    from framework.jobs import evaluate
 
-    from framework.config import load_config
-    from framework.driver import evaluate_policy
-    from framework.models import check_model_path
-
-    target = Path(args.target)
-    run_dir = target if (target / "config.yaml").exists() else None
-    if run_dir is not None:
-        summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
-        policy = summary.get("final_policy") or str(run_dir / "checkpoints" / "final" / "policy")
-        reference = args.reference or summary.get("init_policy")
-        config = args.config or run_dir / "config.yaml"
-    else:
-        policy, reference, config = str(target), args.reference, args.config
-    if not reference:
-        raise InputError("eval: no reference policy known for this target; pass --reference PATH")
-    # a checkpoint (or cached warm start) directory holds its policy under policy/
-    policy, reference = (str(Path(p) / "policy") if (Path(p) / "policy" / "config.json").exists() else str(p)
-                         for p in (policy, reference))
-    check_model_path(policy, "eval target")
-    check_model_path(reference, "--reference")
-    cfg = load_config(config, args.overrides)
-    report = evaluate_policy(cfg, policy, reference, conversations=args.conversations, samples=args.samples,
-                             seed=args.seed)
-    out = Path(args.out) if args.out else (run_dir or target) / "eval.json"
-    out.write_text(json.dumps(report, indent=1))
-    if run_dir is not None and (run_dir / "metrics.jsonl").exists():
-        from framework.report import write_report
-
-        write_report(run_dir)
-    line = f"win rate vs reference {report['win_rate_vs_reference']:.3f} ± {report['win_rate_ci95']:.3f}"
-    if "exploitability" in report:
-        line += f", exploitability {report['exploitability']:.3f}"
-    print(f"{line} ({report['states']} held-out states × {report['samples_per_state']} samples)")
+    out = evaluate.run(args.target, reference=args.reference, config=args.config, conversations=args.conversations,
+                       samples=args.samples, seed=args.seed, out=args.out, overrides=args.overrides)
     print(f"wrote {out}")
 
 
 def _add_lab_common(p, *, algo_help: str) -> None:
-    from framework.tabular import DEFAULT_ETA
+    from framework.algorithms.tabular import DEFAULT_ETA
 
     p.add_argument("--algo", required=True, help=algo_help)
     p.add_argument("--eta", type=float, default=DEFAULT_ETA,
@@ -192,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         if extra:
             args.overrides = [*args.overrides, *extra]
         if getattr(args, "algo", None) not in (None, "both"):
-            from framework.tabular import get_tabular_algo
+            from framework.algorithms.tabular import get_tabular_algo
 
             get_tabular_algo(args.algo)
         args.func(args)

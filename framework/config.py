@@ -7,6 +7,10 @@ wrong types are errors naming the full key path. Range checks live in each datac
     dataclass defaults ← YAML file ← QUICK (when ``quick=true``) ← command-line overrides
 
 so an explicit override always wins, also over the reduced ``quick`` sizes.
+
+Names that live in the floor are checked here (algorithms, tabular algorithms, DP methods, the
+``job:`` values); names of things in ``games/`` (tasks, built-in matrix games) and of judges are
+checked by each job's preflight, before anything is written.
 """
 
 from __future__ import annotations
@@ -21,15 +25,21 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from framework.algorithms import algorithm_names, get_algorithm, implementing
+from framework.algorithms.tabular import TABULAR_ALGOS
 from framework.errors import ConfigError, InputError
 from framework.models import TinyModelSpec
+
+#: The values of ``job:`` (each is a file of ``framework/jobs/``, registered in ``framework.jobs.JOBS``).
+JOB_NAMES = ("selfplay", "compare", "compare_irl", "dp", "compare_dp", "lab")
+
 
 @dataclass(frozen=True)
 class LabConfig:
     """The exact game lab: tabular MPO/OMPO on matrix and Markov games."""
 
     matrix_games: tuple[str, ...] = ("rock_paper_scissors", "asymmetric_cycle", "random")
-    """Built-in matrix games to run (``random`` is a random non-transitive game)."""
+    """Built-in matrix games to run (``games.matrix``; ``random`` is a random non-transitive game)."""
     matrix_size: int = 5
     """Number of response classes of the ``random`` matrix game."""
     markov_games: int = 10
@@ -54,15 +64,9 @@ class LabConfig:
             raise ConfigError("matrix_size", f"must be ≥ 3, got {self.matrix_size}")
         if self.init not in ("uniform", "random"):
             raise ConfigError("init", f"must be 'uniform' or 'random', got {self.init!r}")
-        from framework.tabular import TABULAR_ALGOS
-        from games.matrix import BUILTIN_GAMES
-
         for i, name in enumerate(self.algos):
             if name not in TABULAR_ALGOS:
                 raise ConfigError(f"algos[{i}]", f"unknown algorithm {name!r}; choose from {sorted(TABULAR_ALGOS)}")
-        for i, name in enumerate(self.matrix_games):
-            if name not in BUILTIN_GAMES:
-                raise ConfigError(f"matrix_games[{i}]", f"unknown game {name!r}; choose from {sorted(BUILTIN_GAMES)}")
 
 
 @dataclass(frozen=True)
@@ -122,7 +126,7 @@ class DemosConfig:
     """Demonstrations for the reward-learning methods (sft, spin, irft) and the warm start."""
 
     path: Optional[str] = None
-    """A JSONL/Parquet file of demonstrations (``framework/demos.py``); default: the task's own."""
+    """A JSONL/Parquet file of demonstrations (``games/demonstrations.py``); default: the task's own."""
     count: int = 1000
     """Task conversations to demonstrate (each gives one demonstration per turn); a file is used whole."""
     corruption: float = 0.0
@@ -183,21 +187,21 @@ class AlgoConfig:
     """Optimizer steps per pass."""
 
     def __post_init__(self):
-        from framework.algorithms import algorithm_names
-
         if self.name not in algorithm_names():
             raise ConfigError("name", f"unknown algorithm {self.name!r}; choose from {algorithm_names()}")
+        accepts = get_algorithm(self.name).accepts
         if not self.eta > 0:
             raise ConfigError("eta", f"must be > 0, got {self.eta}")
         if self.q not in ("one_step", "monte_carlo", "terminal"):
             raise ConfigError("q", f"must be 'one_step', 'monte_carlo' or 'terminal', got {self.q!r}")
-        if self.q != "one_step" and self.name != "mpo":
-            raise ConfigError("q", f"multi-turn Q estimates are implemented for mpo, not {self.name!r}")
+        if self.q != "one_step" and "q" not in accepts:
+            raise ConfigError("q", f"multi-turn Q estimates are implemented for {', '.join(implementing('q'))}, "
+                              f"not {self.name!r}")
         if self.kl_coef < 0:
             raise ConfigError("kl_coef", f"must be ≥ 0, got {self.kl_coef}")
-        if self.kl_coef and (self.name != "mpo" or self.q != "one_step"):
-            raise ConfigError("kl_coef", f"the KL penalty is implemented for mpo with one-step Q, not "
-                              f"{self.name!r} with q={self.q!r}")
+        if self.kl_coef and ("kl_coef" not in accepts or self.q != "one_step"):
+            raise ConfigError("kl_coef", f"the KL penalty is implemented for {', '.join(implementing('kl_coef'))} "
+                              f"with one-step Q, not {self.name!r} with q={self.q!r}")
         if self.kl_coef * self.eta >= 1:
             raise ConfigError("kl_coef", f"η·β must be < 1 (the step mixes π_t^(1−ηβ) and π_ref^(ηβ)), "
                               f"got {self.eta} × {self.kl_coef} = {self.eta * self.kl_coef:g}")
@@ -205,8 +209,9 @@ class AlgoConfig:
             raise ConfigError("rounds", f"must be ≥ 0, got {self.rounds}")
         if self.round_iterations < 1:
             raise ConfigError("round_iterations", f"must be ≥ 1, got {self.round_iterations}")
-        if self.round_iterations > 1 and self.name != "irft":
-            raise ConfigError("round_iterations", f"rounds of several iterations are irft's, not {self.name!r}")
+        if self.round_iterations > 1 and "round_iterations" not in accepts:
+            raise ConfigError("round_iterations", f"rounds of several iterations are implemented for "
+                              f"{', '.join(implementing('round_iterations'))}, not {self.name!r}")
         if self.link not in ("logistic", "linear"):
             raise ConfigError("link", f"must be 'logistic' or 'linear', got {self.link!r}")
         if self.k < 2:
@@ -338,8 +343,47 @@ class CheckpointConfig:
     """How many periodic checkpoints to keep (the final one is always kept)."""
 
 
-#: ``job: dp`` methods (privacy/learner.py); a comparison's ``<method>@<ε>`` keys use them too.
-DP_METHODS = ("nondp", "public_only", "dp_scratch", "dp_continual", "mix", "dpmd")
+@dataclass(frozen=True)
+class DPMethod:
+    """A ``job: dp`` method: the phases the DP learner (privacy/learner.py) runs, in order.
+
+    A phase trains on ``public`` data, on ``private`` data with DP-AdamW (the accountant counts
+    those steps, private_steps of them), or on ``all`` the data without privacy. A public phase
+    lasts public_steps (or ends on a plateau, ``dp.switch``); an ``all`` phase public_steps +
+    private_steps.
+    """
+
+    name: str
+    phases: tuple[str, ...]
+    public_weight: Optional[str] = None
+    """Mixing baselines: each DP step adds a public batch's gradient, weighed α_t by ``ratio``
+    (the public share of all sequences) or ``cosine`` (½(1 + cos(π t / T)), decaying)."""
+
+    @property
+    def private(self) -> bool:
+        """Trains on private data under DP: it has a budget and spends it."""
+        return "private" in self.phases
+
+    @property
+    def bounded(self) -> bool:
+        """Its privacy loss is bounded (ε is reported); an ``all`` phase trains on private data without DP."""
+        return "all" not in self.phases
+
+    def steps(self, public_steps: int, private_steps: int) -> int:
+        """Optimizer steps of the whole run (at most: a public phase may end early)."""
+        return sum({"public": public_steps, "private": private_steps,
+                    "all": public_steps + private_steps}[p] for p in self.phases)
+
+
+#: The ``job: dp`` methods; a DP comparison's ``<method>@<ε>`` keys use their names.
+DP_METHODS = {m.name: m for m in (
+    DPMethod("nondp", ("all",)),
+    DPMethod("public_only", ("public",)),
+    DPMethod("dp_scratch", ("private",)),
+    DPMethod("dp_continual", ("public", "private")),
+    DPMethod("mix", ("private",), public_weight="ratio"),
+    DPMethod("dpmd", ("private",), public_weight="cosine"),
+)}
 
 
 @dataclass(frozen=True)
@@ -410,7 +454,7 @@ class DPConfig:
     """Plateau: end the public phase when the loss improved by less than this (relative) since
     the last check."""
     grad_sample_mode: str = "auto"
-    """Per-sample clipping: ``bookkeeping`` (alignplay's one-backward engine, privacy/fastclip.py;
+    """Per-sample clipping: ``bookkeeping`` (alignplay's one-backward engine, privacy/engine/bookkeeping.py;
     untied parameters), Opacus's ``ghost`` clipping (untied) or ``hooks``; ``auto`` picks the first
     the model allows."""
     canaries: int = 200
@@ -434,7 +478,7 @@ class DPConfig:
 
     def __post_init__(self):
         if self.method not in DP_METHODS:
-            raise ConfigError("method", f"must be one of {DP_METHODS}, got {self.method!r}")
+            raise ConfigError("method", f"must be one of {tuple(DP_METHODS)}, got {self.method!r}")
         if not self.target_epsilon > 0:
             raise ConfigError("target_epsilon", f"must be > 0, got {self.target_epsilon}")
         if self.delta is not None and not 0 < self.delta < 1:
@@ -465,10 +509,12 @@ class DPConfig:
 
 @dataclass(frozen=True)
 class CompareConfig:
-    """``job: compare``: every method on the same task, budget and seeds (``framework.compare``)."""
+    """``job: compare``: every method on the same task, budget and seeds (``framework/jobs/compare.py``)."""
 
     methods: tuple[str, ...] = ("sft", "dpo", "ipo", "sppo", "step_dpo", "mpo", "ompo")
-    """``sft`` (the warm start itself) and registered algorithm names."""
+    """Registered algorithm names (``compare_dp``: DP methods). In ``job: compare``, ``sft`` is the SFT
+    warm start every run starts from, measured as it is; in ``compare_irl`` it is ``algo.name=sft``
+    trained on the demonstrations like the other methods."""
     seeds: tuple[int, ...] = (0, 1, 2)
     """One run per method and seed."""
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -478,8 +524,6 @@ class CompareConfig:
     demonstrations); methods are reported as ``<method>@<variant>``."""
 
     def __post_init__(self):
-        from framework.algorithms import algorithm_names
-
         known = ["sft", *algorithm_names(), *DP_METHODS]
         for m in self.methods:
             if m not in known:
@@ -527,12 +571,11 @@ class Config:
     dp: DPConfig = field(default_factory=DPConfig)
 
     def __post_init__(self):
-        from framework.jobs import JOBS
-
-        if self.job not in JOBS:
-            raise ConfigError("job", f"unknown job {self.job!r}; choose from {sorted(JOBS)}")
-        if self.pipeline.learners > 1 and self.algo.name == "rft":
-            raise ConfigError("pipeline.learners", "rft trains its reward model on one learner: set pipeline.learners=1")
+        if self.job not in JOB_NAMES:
+            raise ConfigError("job", f"unknown job {self.job!r}; choose from {sorted(JOB_NAMES)}")
+        if self.pipeline.learners > 1 and get_algorithm(self.algo.name).single_learner:
+            raise ConfigError("pipeline.learners", f"{self.algo.name}'s update runs on one learner (it is not "
+                              f"data-parallel): set pipeline.learners=1")
         if self.dp.workers > 1 and not self.pipeline.ray:
             raise ConfigError("dp.workers", "more than one DP worker needs pipeline.ray=true")
         if self.pipeline.learners > 1 and not self.pipeline.ray:

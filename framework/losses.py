@@ -29,8 +29,16 @@ def sequence_logprob(*, token_logp: torch.Tensor, mask: torch.Tensor) -> torch.T
 
 
 def sft_loss(*, token_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Negative log-likelihood per example, averaged over its response tokens. → (B,)."""
+    """Negative log-likelihood per example, averaged over its masked (response) tokens. → (B,)."""
     return -(token_logp * mask).sum(dim=-1) / mask.sum(dim=-1).clamp(min=1)
+
+
+def lm_loss(*, logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """The pre-training loss: ``sft_loss`` over every token after the first, i.e. each sequence's
+    mean next-token negative log-likelihood. (B, T, V), (B, T) → (B,)."""
+    mask = torch.ones(input_ids.shape, dtype=torch.float32, device=input_ids.device)
+    mask[:, 0] = 0.0
+    return sft_loss(token_logp=token_logprobs(logits=logits, input_ids=input_ids), mask=mask)
 
 
 def mpo_loss(*, logp: torch.Tensor, logp_old: torch.Tensor, q_hat: torch.Tensor,

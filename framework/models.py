@@ -1,7 +1,8 @@
 """Model loading and the tiny-model builder (an edge module: transformers lives here).
 
 ``load_policy`` loads any Hugging Face causal LM and tokenizer from a local directory or a hub
-id. ``build_tiny_model`` makes a small Llama from a config with random init and a byte-level
+id; ``load_reference`` the same model frozen; ``load_reward_model`` a scalar-reward head on it.
+``build_tiny_model`` makes a small Llama from a config with random init and a byte-level
 BPE tokenizer trained locally with ``tokenizers`` — untied embeddings (DP ghost clipping needs
 them), head dim 32 (vLLM's CPU attention needs ≥ 32) — and a chat template. It is deterministic
 in its arguments and cached on disk under a hash of them.
@@ -153,3 +154,20 @@ def load_policy(path: str | Path, *, dtype: str = "float32"):
     if tokenizer.chat_template is None:
         raise InputError(f"model.path: the tokenizer of {path!r} has no chat template")
     return model, tokenizer
+
+
+def load_reference(path: str | Path):
+    """The causal LM at ``path``, frozen and in eval mode (the reference of a KL penalty)."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(path)).eval().requires_grad_(False)
+
+
+def load_reward_model(path: str | Path, *, pad_token_id: int):
+    """A sequence classifier with one output (a scalar reward) on the architecture at ``path``; a
+    causal LM's weights give its body, the head starts fresh."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1)
+    model.config.pad_token_id = pad_token_id  # the reward is read at each row's last real token
+    return model

@@ -1,16 +1,50 @@
-"""Records that cross actor boundaries, each with one Arrow schema (DESIGN §1).
+"""Records that cross role boundaries (DESIGN §1).
 
-Runs write them to Parquet shards (``rollouts/``, ``comparisons/``), so any run can be
-inspected afterwards with ``datasets`` or ``pyarrow``.
+``Rollout`` and ``Comparison`` each have one Arrow schema: runs write them to Parquet shards
+(``rollouts/``, ``comparisons/``), so any run can be inspected afterwards with ``datasets`` or
+``pyarrow``. ``GenerationRequest`` is what the controller asks the generators for, ``Sample`` what a
+generation backend returns, ``Pair`` two answers waiting for the judge, ``TrainBatch`` what the
+learner trains on.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sampled continuation of a prompt (what a generation backend returns)."""
+
+    token_ids: list[int]  # (R,) sampled tokens, end-of-turn included if produced
+    logprobs: list[float]  # (R,) log π of each token under the sampling policy (temperature 1)
+    text: str  # decoded, special tokens removed
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """What the generators produce for one iteration (an algorithm's plan says what).
+
+    ``episodes`` are conversations to play, ``k`` answers per visited state, in ``mode`` ``tree``
+    (K answers branch at every turn), ``paths`` (K whole conversations) or ``branches`` (a tree whose
+    every answer is also continued to the end); ``demonstrations`` are (id, state, answer) triples,
+    each scored by the sampling policy and answered ``k`` times at its state. Either may be empty.
+    """
+
+    k: int
+    episodes: tuple = ()  # games.conversation.Episode
+    mode: str = "tree"
+    demonstrations: tuple = ()  # (id, chat messages ending with the user turn, demonstrated answer)
+
+    def split(self, n: int) -> list["GenerationRequest"]:
+        """Every n-th episode and demonstration, for each of ``n`` generators."""
+        return [dataclasses.replace(self, episodes=self.episodes[i::n], demonstrations=self.demonstrations[i::n])
+                for i in range(n)]
 
 
 @dataclass(frozen=True)
@@ -62,6 +96,25 @@ class Comparison:
     opponent: str = "self"
     # h ≥ 0: a and b are the continuations (at this turn) of answers a and b of turn h
     branch_of: int = -1
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Two answers at one state, to be judged (a ``Comparison`` once judged)."""
+
+    conversation_id: str
+    turn: int
+    a: int  # the sample index of answer a
+    b: int  # the sample index of answer b (against the previous iterate: the cached answer's index)
+    state: str  # JSON chat messages ending with the user turn (the conversation the judge reads)
+    answer_a: str
+    answer_b: str
+    opponent: str = "self"  # as Comparison.opponent
+    branch_of: int = -1  # as Comparison.branch_of
+
+    def judged(self, probability: float, *, iteration: int, judge: str) -> Comparison:
+        return Comparison(self.conversation_id, self.turn, iteration, self.a, self.b, float(probability), judge,
+                          self.opponent, self.branch_of)
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ def register_judge(name: str):
 @register_judge("rule")
 def rule_judge(*, task, **kwargs) -> Judge:
     """The built-in task's own programmatic judge."""
-    if not hasattr(task, "judge"):
+    if task is None or not task.rule_judge:
         raise InputError(f"judge.kind=rule: task {getattr(task, 'name', task)!r} has no rule judge")
     return task.judge(**kwargs)
 

@@ -13,6 +13,7 @@ import numpy as np
 from scipy.optimize import linprog
 
 from framework.errors import InputError
+from games.markov import MarkovGame
 
 TOL = 1e-9
 
@@ -90,8 +91,6 @@ class MatrixGame:
 
     def as_markov(self):
         """The same game as a one-step, one-state Markov game (so MPO/OMPO code is shared)."""
-        from games.markov import MarkovGame
-
         n = self.n
         return MarkovGame(
             transitions=(),

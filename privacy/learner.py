@@ -5,7 +5,8 @@ the noise generator and the privacy budget. Nothing private leaves it: the drive
 counts, ε, and losses on public or held-out data only (a private batch's loss is itself a
 non-private release, so it is not reported).
 
-Methods (``method``), each a schedule of phases over one model and one AdamW:
+Methods (``method``; their phases are the table ``framework.config.DP_METHODS``), each a
+schedule of phases over one model and one AdamW:
   nondp         non-private steps on public ∪ private, public_steps + private_steps of them
   public_only   the public phase of dp_continual alone (no private data)
   dp_scratch    private_steps DP-AdamW steps on the private split, from the initial model
@@ -29,14 +30,20 @@ import math
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
 
+from framework.checkpoint import load_optimizer, save_optimizer
+from framework.config import DP_METHODS
 from framework.errors import InputError
+from framework.losses import lm_loss
+from framework.models import load_policy
 from privacy import corpus as corpus_lib
 from privacy.accounting import Budget, epsilon, noise_multiplier_for
-
-METHODS = ("nondp", "public_only", "dp_scratch", "dp_continual", "mix", "dpmd")
-PRIVATE_METHODS = ("dp_scratch", "dp_continual", "mix", "dpmd")
-MIXING = ("mix", "dpmd")
+from privacy.audit import audit
+from privacy.diagnostics import curvature_diagnostics
+from privacy.engine import layer_report, make_engine, resolve_mode
+from privacy.engine.checks import check_model
 
 
 class DPLearner:
@@ -47,15 +54,12 @@ class DPLearner:
                  noise_multiplier: float | None, stop_at_budget: bool, accountant: str, max_grad_norm: float,
                  grad_sample_mode: str, eval_sequences: int, diag_batch: int, hutchinson_probes: int,
                  threads: int = 1, workers: int = 1, rank: int = 0, init_method: str | None = None):
-        from framework.models import load_policy
-
-        if method not in METHODS:
-            raise InputError(f"dp.method must be one of {METHODS}, got {method!r}")
+        if method not in DP_METHODS:
+            raise InputError(f"dp.method must be one of {tuple(DP_METHODS)}, got {method!r}")
+        self.spec = DP_METHODS[method]
         torch.set_num_threads(threads)
         self.rank, self.workers = rank, workers
         if workers > 1:  # data-parallel DP workers: one gloo group, the noise added once (rank 0)
-            import torch.distributed as dist
-
             if not dist.is_initialized():
                 dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=workers)
         torch.manual_seed(seed)
@@ -91,37 +95,22 @@ class DPLearner:
         # of the whole private set at rate q, which is what the accountant assumes
         self.private = private[rank::workers]
 
-        if method in PRIVATE_METHODS:  # what cannot be made private fails now, not at the switch
-            from privacy.engine import check_model, resolve_mode
-
+        if self.spec.private:  # what cannot be made private fails now, not at the switch
             check_model(self.model, resolve_mode(self.model, grad_sample_mode))
         self.sample_rate = batch_size / self.private_total
         self.delta = delta if delta is not None else 1 / (10 * self.private_total)
         self.noise_multiplier = 0.0
         self.budget = None
-        if method in PRIVATE_METHODS:
-            self.budget = Budget(target_epsilon=target_epsilon, delta=self.delta, accountant=accountant)
-            if noise_multiplier is None:
-                self.noise_multiplier = noise_multiplier_for(
-                    target_epsilon=target_epsilon, delta=self.delta, sample_rate=self.sample_rate,
-                    steps=private_steps, accountant=accountant)
-            else:
-                self.noise_multiplier = noise_multiplier
-                planned = epsilon(noise_multiplier=noise_multiplier, sample_rate=self.sample_rate,
-                                  steps=private_steps, delta=self.delta, accountant=accountant)
-                if planned > target_epsilon and not stop_at_budget:
-                    raise InputError(
-                        f"dp: the schedule does not fit the budget: {private_steps} steps at σ={noise_multiplier}, "
-                        f"q={self.sample_rate:.4g} spend ε={planned:.3f} > dp.target_epsilon={target_epsilon} "
-                        f"(δ={self.delta:.3g}); lower dp.private_steps, leave dp.noise_multiplier empty to "
-                        f"compute σ, or set dp.stop_at_budget=true to stop at the last step inside it")
+        if self.spec.private:
+            self._plan_noise(target_epsilon=target_epsilon, noise_multiplier=noise_multiplier,
+                             stop_at_budget=stop_at_budget, accountant=accountant)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=weight_decay)
         self.private_lr = private_lr if private_lr is not None else lr
         self.sampler = torch.Generator().manual_seed(seed * 7919 + 1 + 1000 * rank)  # this shard's Poisson draws
         self.shared = torch.Generator().manual_seed(seed * 7919 + 3)  # global batches, the same on every worker
         self.noise = torch.Generator().manual_seed(seed * 7919 + 2)
         self.engine = None
-        self.phase = {"nondp": "all", "public_only": "public", "dp_continual": "public"}.get(method, "private")
+        self.phase = self.spec.phases[0]
         self.step_count = 0      # optimizer steps taken
         self.private_taken = 0   # DP steps taken
         self.public_val_losses: list[float] = []  # the plateau test's history
@@ -132,24 +121,42 @@ class DPLearner:
             self._attach()
 
     # --- the plan --------------------------------------------------------------------------
+    def _plan_noise(self, *, target_epsilon: float, noise_multiplier: float | None, stop_at_budget: bool,
+                    accountant: str) -> None:
+        """The budget, and σ: the smallest that fits private_steps into it, or the given one if its
+        schedule fits (else refused, unless the run is to stop at the budget)."""
+        self.budget = Budget(target_epsilon=target_epsilon, delta=self.delta, accountant=accountant)
+        if noise_multiplier is None:
+            self.noise_multiplier = noise_multiplier_for(
+                target_epsilon=target_epsilon, delta=self.delta, sample_rate=self.sample_rate,
+                steps=self.private_steps, accountant=accountant)
+            return
+        self.noise_multiplier = noise_multiplier
+        planned = epsilon(noise_multiplier=noise_multiplier, sample_rate=self.sample_rate,
+                          steps=self.private_steps, delta=self.delta, accountant=accountant)
+        if planned > target_epsilon and not stop_at_budget:
+            raise InputError(
+                f"dp: the schedule does not fit the budget: {self.private_steps} steps at σ={noise_multiplier}, "
+                f"q={self.sample_rate:.4g} spend ε={planned:.3f} > dp.target_epsilon={target_epsilon} "
+                f"(δ={self.delta:.3g}); lower dp.private_steps, leave dp.noise_multiplier empty to "
+                f"compute σ, or set dp.stop_at_budget=true to stop at the last step inside it")
+
     def describe(self) -> dict:
         """What the driver may know: sizes, the mechanism, the layer report (no private content)."""
-        from privacy.engine import layer_report, resolve_mode
-
-        mode = resolve_mode(self.model, self.grad_sample_mode) if self.method in PRIVATE_METHODS else "none"
+        mode = resolve_mode(self.model, self.grad_sample_mode) if self.spec.private else "none"
         return {"method": self.method, "public_sequences": len(self.public), "private_sequences": self.private_total,
                 "eval_sequences": len(self.eval_data), "canaries": len(self.canaries),
                 "sample_rate": self.sample_rate, "delta": self.delta, "noise_multiplier": self.noise_multiplier,
                 "max_grad_norm": self.max_grad_norm, "grad_sample_mode": mode,
-                "layers": layer_report(self.model, mode) if self.method in PRIVATE_METHODS else {},
+                "layers": layer_report(self.model, mode) if self.spec.private else {},
                 "parameters": sum(p.numel() for p in self.model.parameters())}
 
     def done(self) -> bool:
-        if self.method in PRIVATE_METHODS:
+        if self.spec.private:
             return self.private_taken >= self.private_steps
-        if self.method == "public_only":
+        if self.phase == "public":
             return self._public_finished()
-        return self.step_count >= self.public_steps + self.private_steps
+        return self.step_count >= self.spec.steps(self.public_steps, self.private_steps)
 
     def _public_finished(self) -> bool:
         """The public phase ends after public_steps, or (``plateau``) once the held-out public
@@ -171,8 +178,6 @@ class DPLearner:
         self.phase = "private"
 
     def _wrap(self) -> None:
-        from privacy.engine import make_engine
-
         self.engine = make_engine(self.model, self.optimizer, noise_multiplier=self.noise_multiplier,
                                   max_grad_norm=self.max_grad_norm, expected_batch_size=self.batch_size / self.workers,
                                   mode=self.grad_sample_mode, generator=self.noise, distributed=self.workers > 1)
@@ -180,8 +185,8 @@ class DPLearner:
     # --- the stages ------------------------------------------------------------------------
     def sample(self) -> dict:
         """Draw the next batch (kept here). ``stop`` is set when the run must end before it."""
-        if self.phase == "public" and self.method == "dp_continual" and self._public_finished():
-            self._attach()
+        if self.phase == "public" and self.spec.private and self._public_finished():
+            self._attach()  # the public phase is over: the private one follows
         if self.phase == "private":
             if not self.budget.allows(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate):
                 return {"phase": "private", "stop": (
@@ -190,7 +195,7 @@ class DPLearner:
                     f"ε={self.budget.spent():.4f}")}
             mask = torch.rand(len(self.private), generator=self.sampler) < self.sample_rate
             self._batch = self.private[mask]
-            if self.method in MIXING:
+            if self.spec.public_weight:
                 self._public_batch = self._global_batch(self.public)
         else:
             self._batch = self._global_batch(self.public if self.phase == "public" else self._everything())
@@ -198,14 +203,12 @@ class DPLearner:
 
     def update(self) -> dict:
         """One optimizer step on the sampled batch."""
-        from privacy.engine import lm_loss
-
         batch, self._batch = self._batch, None
         if batch is None:
             raise RuntimeError("update() without sample()")
         self.step_count += 1
         if self.phase == "private":
-            if self.method in MIXING:
+            if self.spec.public_weight:
                 self._mixed_step(batch)
             else:
                 self.engine.step(batch, physical_batch=self.physical_batch)
@@ -213,7 +216,7 @@ class DPLearner:
             self._unaccounted = True
             return {"phase": "private", "train_loss": None}  # a private batch's loss is not released
         self.model.train()
-        loss = lm_loss(self.model(input_ids=batch).logits, batch).mean()
+        loss = lm_loss(logits=self.model(input_ids=batch).logits, input_ids=batch).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.workers > 1:
@@ -235,8 +238,6 @@ class DPLearner:
         if self._all is None:
             shards = [self.private]
             if self.workers > 1:
-                import torch.distributed as dist
-
                 shards = [None] * self.workers
                 dist.all_gather_object(shards, self.private)
             self._all = torch.cat([self.public, *shards])
@@ -244,8 +245,6 @@ class DPLearner:
 
     def _average(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         """In-place mean over the workers."""
-        import torch.distributed as dist
-
         for t in tensors:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
             t /= self.workers
@@ -253,21 +252,20 @@ class DPLearner:
 
     def public_weight(self) -> float:
         """α_t of the mixing baselines."""
-        if self.method == "mix":
+        if self.spec.public_weight == "ratio":
             return len(self.public) / (len(self.public) + self.private_total)
         return 0.5 * (1 + math.cos(math.pi * self.private_taken / max(self.private_steps, 1)))
 
     def _mixed_step(self, batch: torch.Tensor) -> None:
         """AdamW on (1 − α) × the noisy private gradient + α × a public batch's gradient."""
-        from privacy.engine import lm_loss
-
         alpha = self.public_weight()
         self.engine.gradient(batch, physical_batch=self.physical_batch)
         params = self.engine.params
         private = [p.grad for p in params]
         with self.engine.paused():  # a public gradient needs no per-sample work
             pub = self._public_batch
-            public = torch.autograd.grad(lm_loss(self.model(input_ids=pub).logits, pub).mean(), params)
+            public = torch.autograd.grad(lm_loss(logits=self.model(input_ids=pub).logits, input_ids=pub).mean(),
+                                         params)
             if self.workers > 1:
                 public = self._average(list(public))
         for p, g_priv, g_pub in zip(params, private, public):
@@ -286,8 +284,9 @@ class DPLearner:
         return {"epsilon": self.epsilon(), "private_steps": self.private_taken, "steps": self.step_count}
 
     def epsilon(self) -> float | None:
-        """ε spent on the private data: 0 for public_only, None (unbounded) for nondp."""
-        if self.method == "nondp":
+        """ε spent on the private data: None (unbounded) when it is trained on without DP, 0 when
+        it is not trained on."""
+        if not self.spec.bounded:
             return None
         return self.budget.spent() if self.budget is not None else 0.0
 
@@ -295,10 +294,8 @@ class DPLearner:
     @torch.no_grad()
     def _mean_loss(self, data: torch.Tensor, chunk: int = 64) -> torch.Tensor:
         """Per-sequence losses, (N,)."""
-        from privacy.engine import lm_loss
-
         self.model.eval()
-        out = [lm_loss(self.model(input_ids=x).logits, x) for x in torch.split(data, chunk)]
+        out = [lm_loss(logits=self.model(input_ids=x).logits, input_ids=x) for x in torch.split(data, chunk)]
         return torch.cat(out) if out else torch.zeros(0)
 
     def evaluate(self, *, diagnostics: bool = False) -> dict:
@@ -312,9 +309,6 @@ class DPLearner:
         return out
 
     def diagnostics(self) -> dict:
-        from privacy.diagnostics import curvature_diagnostics
-        from privacy.engine import lm_loss
-
         g = torch.Generator().manual_seed(self.seed + 17 + self.step_count)
         idx = torch.randperm(len(self.eval_data), generator=g)[: self.diag_batch]
         batch = self.eval_data[idx]
@@ -326,7 +320,7 @@ class DPLearner:
                 if hasattr(self.model, "set_attn_implementation"):
                     self.model.set_attn_implementation("eager")  # double backward through attention
                 out = curvature_diagnostics(
-                    lambda: lm_loss(self.model(input_ids=batch).logits, batch).mean(), params,
+                    lambda: lm_loss(logits=self.model(input_ids=batch).logits, input_ids=batch).mean(), params,
                     noise_multiplier=self.noise_multiplier if self.phase == "private" else 0.0,
                     max_grad_norm=self.max_grad_norm, batch_size=self.batch_size, probes=self.probes, generator=g)
         finally:
@@ -338,18 +332,12 @@ class DPLearner:
 
     def audit(self) -> dict:
         """One-run audit over the canaries (score = −loss): an empirical ε lower bound at 95%."""
-        from privacy.audit import audit
-
         scores = -self._mean_loss(self.canary_data).numpy()
         return audit(scores, self.coins, delta=self.delta)
 
     # --- checkpoints -----------------------------------------------------------------------
     def save(self, directory: str) -> None:
         """Weights (safetensors), optimizer, RNG states and the accountant's history (JSON)."""
-        from safetensors.torch import save_file
-
-        from framework.checkpoint import save_optimizer
-
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         rng = {"sampler": self.sampler.get_state(), "shared": self.shared.get_state(), "noise": self.noise.get_state(),
@@ -367,10 +355,6 @@ class DPLearner:
             "budget": self.budget.state_dict() if self.budget else None}))
 
     def load(self, directory: str) -> dict:
-        from safetensors.torch import load_file
-
-        from framework.checkpoint import load_optimizer
-
         d = Path(directory)
         state = json.loads((d / "learner.json").read_text())
         if state["method"] != self.method:

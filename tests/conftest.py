@@ -1,4 +1,5 @@
-"""Shared fixtures: one local Ray per test session, and a tiny warm-started policy built once."""
+"""Shared fixtures: one local Ray per test session, a tiny warm-started policy built once, and a
+small DP experiment with its tiny Llama (tokenizer trained on the public split of a small corpus)."""
 
 import os
 import textwrap
@@ -38,7 +39,7 @@ def task():
 def tiny_policy(cache_dir, task) -> str:
     """A tiny Llama warm-started for 150 steps on running_sum (2 turns): follows the format."""
     from framework.config import load_config
-    from framework.warmstart import prepare_policy
+    from framework.jobs.warmstart import prepare_policy
 
     cfg = load_config(None, [f"cache_dir={cache_dir}", "task.turns=2", "warm_start.steps=150"])
     return prepare_policy(cfg, task, progress=False)
@@ -71,3 +72,28 @@ def plugin(tmp_path, monkeypatch):
         return name
 
     return write
+
+
+#: A small DP experiment (corpus, model and schedule) that reuses ``dp_model``'s cache.
+DP_SMALL = ["job=dp", "model.tiny.layers=2", "model.tiny.vocab_size=320", "model.tiny.max_positions=32",
+            "dp.corpus.max_chars=100000", "dp.corpus.seq_len=32", "dp.batch_size=32", "dp.public_steps=4",
+            "dp.private_steps=4", "dp.eval_every=2", "dp.eval_sequences=16", "dp.diag_batch=8",
+            "dp.hutchinson_probes=1", "dp.canaries=20", "dp.threads=1", "checkpoint.every=2", "checkpoint.keep=10"]
+
+
+@pytest.fixture
+def dp_config(cache_dir):
+    from framework.config import load_config
+
+    def make(*extra):
+        return load_config(None, [f"cache_dir={cache_dir}", *DP_SMALL, *extra])
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def dp_model(cache_dir) -> str:
+    from framework.config import load_config
+    from framework.jobs.dp import prepare_model
+
+    return prepare_model(load_config(None, [f"cache_dir={cache_dir}", *DP_SMALL]))

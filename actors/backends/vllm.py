@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from actors.backends import Sample
+from framework.records import Sample
 
 # vLLM's CPU defaults keep one core for its scheduler and size the KV cache from free memory;
 # on a small machine use every core this process may run on and a 1 GiB cache. GPU builds

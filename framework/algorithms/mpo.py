@@ -10,18 +10,73 @@ For each visited state s_h with K sampled answers a¹..a^K, the judge gives P(a^
 
 Kept samples (all K, or the best and worst by Q̂ as in the paper) regress ρ_θ onto η (Q̂ − b),
 less η β (log π_t − log π_ref) with a KL penalty β toward the starting policy (``algo.kl_coef``).
+
+The self-play family's plan lives here too (``SelfPlay``): every iteration plays the task's
+conversations with K answers at each visited state and the judge compares every pair of them.
+OMPO, SPPO and the preference-pair methods build on it.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections import defaultdict
+from dataclasses import dataclass
 
 import numpy as np
 
-from framework.algorithms import collate, register_algorithm
+from framework.algorithms.hooks import Algorithm, Source
+from framework.batching import collate
 from framework.errors import InputError
 from framework.losses import mpo_loss
-from framework.records import Comparison, Rollout, TrainBatch
+from framework.records import Comparison, GenerationRequest, Pair, Rollout, TrainBatch
+
+
+@dataclass(frozen=True)
+class SelfPlay:
+    """The self-play plan: K answers at every visited state, every pair of them judged, the new
+    weights published after every update. ``mode`` is how the generators play (records.py)."""
+
+    source: Source
+    k: int
+    mode: str
+
+    def request(self, iteration: int) -> GenerationRequest:
+        return GenerationRequest(k=self.k, episodes=tuple(self.source.episodes(iteration)), mode=self.mode)
+
+    def pairs(self, rollouts: list[Rollout]) -> list[Pair]:
+        return state_pairs(rollouts)
+
+    def publishes(self, iteration: int) -> bool:
+        return True
+
+    def max_age(self, max_staleness: int) -> int:
+        return max_staleness
+
+
+def tree(settings, source: Source) -> SelfPlay:
+    """K answers branch at every turn; Monte-Carlo and terminal Q also continue every branch."""
+    return SelfPlay(source, settings.k, "tree" if settings.q == "one_step" else "branches")
+
+
+def state_pairs(rollouts: list[Rollout]) -> list[Pair]:
+    """All K(K−1)/2 pairs of answers at every visited state.
+
+    With continued branches (Monte-Carlo Q) the continuations of turn h's answers are also
+    compared at each later turn, branch 0 being the main line (its sample 0 there).
+    """
+    states: dict = {}
+    for r in rollouts:
+        states.setdefault((r.conversation_id, r.turn, r.branch_of), []).append(r)
+    for (cid, turn, branch_of), rs in list(states.items()):
+        if branch_of >= 0:
+            rs += [r for r in states.get((cid, turn, -1), []) if r.sample == 0]
+    pairs = []
+    for (cid, turn, branch_of), rs in states.items():
+        rs.sort(key=lambda r: r.sample)
+        # in tree mode every sample shares the state; whole paths each have theirs (a's is judged)
+        pairs += [Pair(cid, turn, a.sample, b.sample, a.messages, a.response, b.response, branch_of=branch_of)
+                  for a, b in itertools.combinations(rs, 2)]
+    return pairs
 
 
 def win_matrix(k: int, comparisons: list[Comparison]) -> np.ndarray:
@@ -116,4 +171,4 @@ def loss(*, batch: TrainBatch, logp, eta: float, tau: float = 0.0, link: str = "
                     kl_coef=kl_coef, logp_ref=batch.logp_ref)
 
 
-register_algorithm("mpo", build_batch=build_batch, loss=loss, options=("q",), kl_penalty=True)
+MPO = Algorithm(name="mpo", build_batch=build_batch, loss=loss, plan=tree, options=("q",), accepts=("q", "kl_coef"))

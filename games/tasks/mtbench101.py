@@ -96,6 +96,9 @@ class MTBench101Task:
     dialogues: tuple = field(default=(), init=False, repr=False, compare=False)
 
     name = "mtbench101"
+    rule_judge = False  # the Task protocol's capabilities: bring a judge (judge.kind=custom)
+    response_classes = False
+    heldout_answers = False
 
     def __post_init__(self):
         if not self.path:
@@ -128,8 +131,10 @@ class MTBench101Task:
         return [Episode(f"{split}-{seed}-{i}-{d.id}", ScriptedUser(d.users[: self.turns]))
                 for i, d in enumerate(self._draw(split, n, seed))]
 
-    def demonstrations(self, n: int, seed: int) -> list[Conversation]:
+    def demonstrations(self, n: int, seed: int, corruption: float = 0.0) -> list[Conversation]:
         """Training dialogues with every reference answer present (up to the first missing one)."""
+        if corruption:
+            raise InputError(f"demos.corruption: task {self.name!r} cannot corrupt its demonstrations")
         out = []
         for d in self._draw("train", n, seed + 2):
             messages = []

@@ -67,6 +67,9 @@ class RunningSumTask:
     heldout_every: int = 5  # scripts whose hash is 0 mod heldout_every are held out
 
     name = "running_sum"
+    rule_judge = True  # the Task protocol's capabilities (games/tasks/__init__.py)
+    response_classes = True
+    heldout_answers = True
 
     def __post_init__(self):
         if not 1 <= self.turns <= 8:

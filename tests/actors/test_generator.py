@@ -4,7 +4,7 @@ import torch
 from actors.generator import RolloutGenerator
 from actors.learner import Learner
 from actors.remote import RayCluster
-from framework.algorithms import collate
+from framework.batching import collate
 
 
 def test_rollout_plays_every_turn_with_k_samples_and_exact_logprobs(tiny_policy, task):
@@ -23,7 +23,7 @@ def test_rollout_plays_every_turn_with_k_samples_and_exact_logprobs(tiny_policy,
     batch = collate([r.prompt_ids for r in rollouts], [r.response_ids for r in rollouts],
                     pad_id=gen.pad_id(), logp_old=[r.logprob for r in rollouts])
     with torch.no_grad():
-        torch.testing.assert_close(learner._logp(batch), batch.logp_old, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(learner.logp(batch), batch.logp_old, atol=1e-4, rtol=1e-4)
     # the warm start follows the format: most answers parse into a styled class
     classes = [task.classify(r.state, r.response) for r in rollouts]
     assert np.mean([c % 4 != 3 for c in classes]) > 0.8
@@ -49,7 +49,7 @@ def test_generator_runs_as_a_ray_actor(ray_session, tiny_policy, task):
         gen = cluster.spawn(RolloutGenerator, cpus=0, model_path=tiny_policy)
         local = RolloutGenerator(model_path=tiny_policy)
         episodes = task.episodes("train", 3, seed=1)
-        remote = cluster.get(cluster.call(gen, "rollout", episodes, k=2, iteration=0, seed=4))
+        remote = cluster.get(gen.call(RolloutGenerator.rollout, episodes, k=2, iteration=0, seed=4))
         assert [r.response for r in remote] == [r.response for r in local.rollout(episodes, k=2, iteration=0, seed=4)]
     finally:
         cluster.shutdown()

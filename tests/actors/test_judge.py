@@ -98,8 +98,8 @@ def test_judge_errors_cross_the_ray_boundary_as_themselves(ray_session, task):
     cluster = RayCluster()
     try:
         judge = cluster.spawn(PreferenceJudge, cpus=0, kind="rule", task=task)
-        assert cluster.get(cluster.call(judge, "compare", [CONV], ["5!"], ["4!"]))[0] > 0.5
+        assert cluster.get(judge.call(PreferenceJudge.compare, [CONV], ["5!"], ["4!"]))[0] > 0.5
         with pytest.raises(JudgeError, match="1 conversations, 2 a, 1 b"):
-            cluster.get(cluster.call(judge, "compare", [CONV], ["5!", "5."], ["4!"]))
+            cluster.get(judge.call(PreferenceJudge.compare, [CONV], ["5!", "5."], ["4!"]))
     finally:
         cluster.shutdown()

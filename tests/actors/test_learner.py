@@ -5,7 +5,7 @@ import torch
 
 from actors.learner import Learner
 from actors.remote import RayCluster
-from framework.algorithms import collate
+from framework.batching import collate
 
 
 def _batch(task, learner, n=8, seed=0):
@@ -17,7 +17,7 @@ def _batch(task, learner, n=8, seed=0):
     q = torch.rand(n, generator=rng).tolist()
     with torch.no_grad():
         b = collate(prompts, responses, pad_id=tok.pad_token_id)
-        old = learner._logp(b).tolist()
+        old = learner.logp(b).tolist()
     return collate(prompts, responses, pad_id=tok.pad_token_id, logp_old=old, q_hat=q, baseline=[0.5] * n)
 
 
@@ -27,7 +27,7 @@ def test_mpo_updates_move_logprobs_toward_the_target(tiny_policy, task):
     first = learner.train(batch, algorithm="mpo", eta=2.0, epochs=8, minibatches=1)
     assert first["version"] == 1
     with torch.no_grad():
-        rho = learner._logp(batch) - batch.logp_old
+        rho = learner.logp(batch) - batch.logp_old
     target = 2.0 * (batch.q_hat - 0.5)
     # the update correlates ρ with its regression target
     assert torch.corrcoef(torch.stack([rho, target]))[0, 1] > 0.5
@@ -43,10 +43,10 @@ def test_a_kl_penalty_regresses_onto_the_magnetic_target_and_reports_the_kl(tiny
     assert first["kl_ref"] == pytest.approx(0.0, abs=1e-5)  # the samples came from π_ref itself
     assert learner.optimizer.param_groups[0]["lr"] == 1e-3
     with torch.no_grad():
-        moved = learner._logp(batch)
+        moved = learner.logp(batch)
     ref = Learner(model_path=tiny_policy)
     with torch.no_grad():
-        start = ref._logp(batch)
+        start = ref.logp(batch)
     second = dataclasses.replace(batch, logp_old=moved)
     out = learner.train(second, algorithm="mpo", eta=2.0, kl_coef=0.1)
     assert out["kl_ref"] == pytest.approx(float((moved - start).mean()), abs=1e-5)
@@ -84,9 +84,9 @@ def test_two_data_parallel_workers_equal_one_full_batch_step(ray_session, tiny_p
         init = cluster.init_method()
         workers = [cluster.spawn(Learner, cpus=0, model_path=tiny_policy, rank=r, world_size=2,
                                  init_method=init, lr=1e-3) for r in range(2)]
-        cluster.get([cluster.call(w, "train", shard, algorithm="mpo", eta=1.0, minibatches=1)
+        cluster.get([w.call(Learner.train, shard, algorithm="mpo", eta=1.0, minibatches=1)
                      for w, shard in zip(workers, batch.shard(2))])
-        w0, w1 = cluster.get([cluster.call(w, "weights") for w in workers])
+        w0, w1 = cluster.get([w.call(Learner.weights) for w in workers])
     finally:
         cluster.shutdown()
     for k, v in single.weights().items():

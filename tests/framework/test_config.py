@@ -91,9 +91,10 @@ def test_configs_are_frozen_and_round_trip_through_yaml(tmp_path):
 
 
 def test_resume_refuses_a_different_experiment_but_allows_more_iterations():
-    from framework.jobs import experiment_changes
+    from framework.jobs.rundir import experiment_changes
+    from framework.jobs.selfplay import EXPERIMENT_KEYS
 
     saved = load_config(None, ["job=selfplay"])
     assert experiment_changes(saved, load_config(None, ["train.iterations=500", "judge.retries=5",
-                                                        "pipeline.mode=sync", "resume=true"])) == []
-    assert experiment_changes(saved, load_config(None, ["algo.eta=2", "seed=3"])) == ["seed", "algo.eta"]
+                                                        "pipeline.mode=sync", "resume=true"]), EXPERIMENT_KEYS) == []
+    assert experiment_changes(saved, load_config(None, ["algo.eta=2", "seed=3"]), EXPERIMENT_KEYS) == ["seed", "algo.eta"]

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from tests.privacy.test_engine import V, batch, plain_grads, tiny_llama
+from tests.privacy.engine.test_opacus import V, batch, plain_grads, tiny_llama
 
 
 class Worker:
@@ -44,7 +44,7 @@ def test_two_workers_sum_their_clipped_gradients_and_add_the_noise_once(ray_sess
     cluster, workers = _workers(ray_session, sigma=0.0, R=1e6, B=6, mode=mode)
     try:
         # no noise, no clipping: the all-reduced gradient is the full batch's mean gradient
-        g0, g1 = cluster.get([cluster.call(w, "gradient", x[r::2]) for r, w in enumerate(workers)])
+        g0, g1 = cluster.get([w.call(Worker.gradient, x[r::2]) for r, w in enumerate(workers)])
         torch.testing.assert_close(g0, g1)
         expected = torch.cat([g.flatten() for g in plain_grads(tiny_llama(), x)])
         torch.testing.assert_close(g0, expected, rtol=1e-4, atol=1e-6)
@@ -54,7 +54,7 @@ def test_two_workers_sum_their_clipped_gradients_and_add_the_noise_once(ray_sess
     cluster, workers = _workers(ray_session, sigma=sigma, R=R, B=B, mode=mode)
     try:
         empty = x[:0]
-        n0, n1 = cluster.get([cluster.call(w, "gradient", empty) for w in workers])
+        n0, n1 = cluster.get([w.call(Worker.gradient, empty) for w in workers])
         torch.testing.assert_close(n0, n1)  # the same update on every worker
         # once: std σR/B (noise from both ranks would give √2 σR/B)
         assert float(n0.std()) == pytest.approx(sigma * R / B, rel=0.02)
@@ -63,7 +63,7 @@ def test_two_workers_sum_their_clipped_gradients_and_add_the_noise_once(ray_sess
 
 
 def test_a_dp_run_with_two_workers(ray_session, dp_config, dp_model, tmp_path):
-    from framework.dp import run_dp
+    from framework.jobs.dp import run as run_dp
 
     cfg = dp_config("dp.method=dp_continual", "dp.workers=2", "dp.threads=1")
     summary = run_dp(cfg, tmp_path, progress=False)

@@ -5,7 +5,7 @@ import json
 import pyarrow.parquet as pq
 
 from framework.config import load_config
-from framework.driver import run_selfplay
+from framework.jobs.selfplay import run as run_selfplay
 
 SMALL = ["task.turns=2", "warm_start.steps=150", "train.conversations=6", "algo.k=3",
          "eval.conversations=4", "eval.final_conversations=6", "eval.samples=2"]

@@ -1,0 +1,166 @@
+"""``job: dp``: the controller of a (DP) continual pre-training run.
+
+The DP learner (``privacy.learner.DPLearner``) is a role like the self-play learners, spawned on
+the same kind of cluster (a Ray actor by default) and driven by the same kind of loop of named,
+timed stages: sample → update → account → evaluate → checkpoint → log. It owns the private data;
+this module only sees what it reports (no private content). Writes ``metrics.jsonl``,
+checkpoints, ``summary.json`` and the report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Callable
+
+from tqdm.auto import tqdm
+
+from actors.remote import Handle, make_cluster
+from framework import checkpoint as ckpt
+from framework.config import DP_METHODS, Config
+from framework.errors import InputError
+from framework.jobs.rundir import (append_metrics, preflight as check_run_dir, read_summary, timed, truncate,
+                                   write_checkpoint, write_summary)
+from framework.models import build_tiny_model, check_model_path
+from privacy import corpus
+from privacy.learner import DPLearner
+
+
+def preflight(cfg: Config, run_dir: Path) -> None:
+    """Checks that fail before anything is written (the budget fit is checked by the learner)."""
+    check_run_dir(cfg, run_dir)
+
+
+def prepare_model(cfg: Config) -> str:
+    """``model.path``, or the tiny Llama with a tokenizer trained on the *public* split only."""
+    if cfg.model.path:
+        check_model_path(cfg.model.path)
+        return cfg.model.path
+    c = cfg.dp.corpus
+    public = corpus.split_documents(corpus.stdlib_documents(), public_fraction=c.public_fraction,
+                                    eval_fraction=c.eval_fraction, max_chars=c.max_chars).public
+    if cfg.model.tiny.max_positions < c.seq_len:
+        raise InputError(f"model.tiny.max_positions={cfg.model.tiny.max_positions} < dp.corpus.seq_len={c.seq_len}")
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else None
+    return str(build_tiny_model(cfg.model.tiny, public, seed=cfg.seed, cache_dir=cache))
+
+
+def learner_kwargs(cfg: Config, model_path: str) -> dict:
+    d = dataclasses.asdict(cfg.dp)
+    corpus_settings = d.pop("corpus")
+    for key in ("eval_every", "diagnostics"):
+        d.pop(key)
+    return dict(model_path=model_path, seed=cfg.seed, **d, **corpus_settings)
+
+
+def spawn_workers(cfg: Config, cluster, model_path: str) -> list[Handle[DPLearner]]:
+    """``dp.workers`` DP learners in one gloo group (each owns a shard of the private data)."""
+    n = cfg.dp.workers
+    rendezvous = cluster.init_method() if n > 1 else None
+    cpus = min(cfg.dp.threads, cfg.pipeline.num_cpus or cfg.dp.threads) / n
+    return [cluster.spawn(DPLearner, cpus=cpus, **learner_kwargs(cfg, model_path), rank=r, init_method=rendezvous)
+            for r in range(n)]
+
+
+def save_checkpoint(cluster, workers: list[Handle[DPLearner]], run_dir: Path, name: str, state: dict,
+                    keep: int) -> Path:
+    """Every worker's part (rank 0: weights, optimizer, accountant; each: its RNG states) and the
+    controller's state."""
+    return write_checkpoint(run_dir, name, state,
+                            lambda d: cluster.get([w.call(DPLearner.save, str(d)) for w in workers]), keep)
+
+
+def run(cfg: Config, run_dir: Path, *, progress: bool = True) -> dict:
+    """One DP (or baseline) pre-training run; returns its summary."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    model_path = prepare_model(cfg)
+    method = DP_METHODS[cfg.dp.method]
+    cluster = make_cluster(use_ray=cfg.pipeline.ray, num_cpus=cfg.pipeline.num_cpus)
+    started = time.perf_counter()
+    try:
+        workers = spawn_workers(cfg, cluster, model_path)
+        learner = workers[0]  # rank 0 evaluates, audits and answers for all (the weights are the same)
+
+        def every(method, *args, **kwargs):
+            """Call ``method`` on every worker; rank 0's answer."""
+            return cluster.get([w.call(method, *args, **kwargs) for w in workers])[0]
+
+        info = cluster.get(learner.call(DPLearner.describe))
+        summary = read_summary(run_dir) if cfg.resume else {}
+        elapsed, switch_step = 0.0, None
+        if cfg.resume:
+            latest = ckpt.latest_checkpoint(run_dir)
+            every(DPLearner.load, str(latest))
+            state = ckpt.read_state(latest)
+            elapsed, switch_step = state.get("wall_s", 0.0), state.get("switch_step")
+            truncate(run_dir, state["iteration"])
+        summary.update(method=cfg.dp.method, model=model_path, **{k: info[k] for k in (
+            "noise_multiplier", "delta", "sample_rate", "max_grad_norm", "grad_sample_mode", "public_sequences",
+            "private_sequences", "eval_sequences", "canaries", "parameters")}, layers=info["layers"])
+        if "start" not in summary:
+            summary["start"] = cluster.get(learner.call(DPLearner.evaluate))
+        write_summary(run_dir, summary)
+        status = cluster.get(learner.call(DPLearner.status))
+        bar = tqdm(total=method.steps(cfg.dp.public_steps, cfg.dp.private_steps), initial=status["steps"],
+                   desc=f"{cfg.dp.method}", disable=not progress, unit="step")
+        stopped = summary.get("stopped")
+        while not cluster.get(learner.call(DPLearner.done)) and stopped is None:
+            m: dict = {}
+            wall = time.perf_counter()
+            with timed(m, "sample"):
+                s = every(DPLearner.sample)
+            if s["stop"]:
+                stopped = s["stop"]
+                print(stopped, flush=True)
+                break
+            with timed(m, "update"):
+                u = every(DPLearner.update)
+            with timed(m, "account"):
+                a = every(DPLearner.account)
+            step = a["steps"]
+            if s["phase"] == "private" and switch_step is None and len(method.phases) > 1:
+                switch_step = summary["switch_step"] = step - 1
+                bar.total = switch_step + cfg.dp.private_steps  # the public phase ended early
+                bar.refresh()
+            m.update(iteration=step, **u, epsilon=a["epsilon"], private_steps=a["private_steps"])
+            finishing = cluster.get(learner.call(DPLearner.done))
+            if step % cfg.dp.eval_every == 0 or finishing:
+                with timed(m, "evaluate"):
+                    m.update(cluster.get(learner.call(DPLearner.evaluate, diagnostics=cfg.dp.diagnostics)))
+            if step % cfg.checkpoint.every == 0 and not finishing:
+                with timed(m, "checkpoint"):
+                    save_checkpoint(cluster, workers, run_dir, f"step-{step:06d}",
+                                    {"iteration": step, "wall_s": elapsed + time.perf_counter() - started,
+                                     "switch_step": switch_step}, cfg.checkpoint.keep)
+            with timed(m, "log"):
+                m["steps_per_s"] = 1 / max(time.perf_counter() - wall, 1e-9)
+                append_metrics(run_dir, m)
+            bar.update(1)
+            bar.set_postfix(eps=f"{a['epsilon']:.2f}" if a["epsilon"] is not None else "∞",
+                            eval=f"{m['eval_loss']:.3f}" if "eval_loss" in m else None)
+        bar.close()
+        summary.update(stopped=stopped, switch_step=switch_step)
+        return finish(cfg, cluster, workers, run_dir, summary, wall=lambda: elapsed + time.perf_counter() - started)
+    finally:
+        cluster.shutdown()
+
+
+def finish(cfg: Config, cluster, workers: list[Handle[DPLearner]], run_dir: Path, summary: dict, *,
+           wall: Callable[[], float]) -> dict:
+    """The final evaluation, the audit and the final checkpoint, in the summary (``wall()``: the
+    run's seconds so far, over every invocation)."""
+    learner = workers[0]
+    status = cluster.get(learner.call(DPLearner.status))
+    final = cluster.get(learner.call(DPLearner.evaluate))
+    audit = cluster.get(learner.call(DPLearner.audit)) if cfg.dp.canaries else None
+    final.update(epsilon=status["epsilon"], audit_eps_lower=audit["eps_lower"] if audit else None,
+                 steps=status["steps"], private_steps=status["private_steps"])
+    summary["wall_s"] = wall()
+    save_checkpoint(cluster, workers, run_dir, "final", {"iteration": status["steps"], "wall_s": summary["wall_s"],
+                                                         "switch_step": summary["switch_step"]}, cfg.checkpoint.keep)
+    summary.update(final=final, audit=audit, final_policy=str((run_dir / "checkpoints" / "final" / "policy").resolve()))
+    write_summary(run_dir, summary)
+    return summary
+

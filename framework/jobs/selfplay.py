@@ -1,0 +1,341 @@
+"""``job: selfplay``: the single controller of a self-play run (DESIGN §1).
+
+It builds the roles — rollout generators, a frozen reference generator holding the warm start,
+the preference judge and the learner group — then loops over named, timed stages: generate →
+judge → build_batch → update → sync_weights → checkpoint → evaluate → log. What a method
+generates, judges, remembers and how it updates come from its algorithm's hooks
+(``framework.algorithms``); this file names no method.
+
+In ``sync`` mode each stage waits for the previous one. In ``async`` mode the generation of the
+next ``max_staleness`` iterations is already queued while the learner trains, so generators run
+ahead of the learner by at most ``max_staleness`` policy versions; samples older than that are
+dropped and counted. Ray stays behind ``actors.remote`` (this module never imports it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from actors.generator import RolloutGenerator
+from actors.judge import PreferenceJudge
+from actors.learner import Learner
+from actors.remote import Handle, make_cluster
+from framework import checkpoint as ckpt
+from framework.algorithms import get_algorithm
+from framework.algorithms.hooks import Algorithm, Memory, Plan, Source
+from framework.config import AlgoConfig, Config
+from framework.errors import AlignplayError, InputError
+from framework.jobs import evaluate as held_out
+from framework.jobs.rundir import (append_metrics, preflight as check_run_dir, read_summary, timed, truncate,
+                                   write_checkpoint, write_summary)
+from framework.jobs.warmstart import prepare_policy
+from framework.records import Comparison, Pair, Rollout, TrainBatch, write_parquet
+from games.demonstrations import demonstrations
+from games.judges import build_judge
+from games.tasks import Task, get_task
+
+#: What defines a self-play experiment: a resumed run must keep these as they were.
+EXPERIMENT_KEYS = ("seed", "model", "task", "warm_start", "algo", "train.conversations", "train.fixed_prompts")
+
+
+def preflight(cfg: Config, run_dir: Path) -> None:
+    """Checks that fail fast, before anything is written to the run directory."""
+    check_run_dir(cfg, run_dir, experiment_keys=EXPERIMENT_KEYS)
+    task = get_task(**dataclasses.asdict(cfg.task))
+    build_judge(cfg.judge.kind, task=task, target=cfg.judge.target, kwargs=dict(cfg.judge.kwargs))
+
+
+@dataclass
+class Roles:
+    """The roles of one run (``Handle.call`` returns futures, ``cluster.get`` waits for them)."""
+
+    cluster: object
+    generators: list[Handle[RolloutGenerator]]
+    reference: Handle[RolloutGenerator]  # a frozen generator holding the warm-start policy (for win rates)
+    judge: Handle[PreferenceJudge]
+    learners: list[Handle[Learner]]
+    pad_id: int
+
+
+@dataclass
+class RunState:
+    """What a checkpoint holds besides the roles' weights: where the loop is, its counters, the
+    policy version the generators hold (and its weights future, while it differs from the
+    learner's) and the method's memory."""
+
+    memory: Memory
+    iteration: int = 0
+    version: int = 0  # learner updates so far
+    held: tuple = (0, None)  # (version, weights) the generators hold; they start with the initial policy
+    counters: dict = field(default_factory=lambda: {"dropped_stale": 0, "samples_total": 0, "generated_total": 0})
+
+    def count(self, rollouts: list[Rollout], stale: list[Rollout], batch: TrainBatch) -> None:
+        self.counters["dropped_stale"] += len(stale)
+        self.counters["samples_total"] += len(batch)
+        self.counters["generated_total"] += generated(rollouts)
+
+
+def generated(rollouts: list[Rollout]) -> int:
+    """The answers the policy drew (a demonstration scored by it is sample -1)."""
+    return sum(r.sample >= 0 for r in rollouts)
+
+
+def split_stale(rollouts: list[Rollout], learner_version: int, max_staleness: int):
+    """Rollouts no older than ``max_staleness`` versions, and the stale rest."""
+    fresh = [r for r in rollouts if learner_version - r.policy_version <= max_staleness]
+    stale = [r for r in rollouts if learner_version - r.policy_version > max_staleness]
+    return fresh, stale
+
+
+def iteration_seed(seed: int, iteration: int) -> int:
+    return seed * 1_000_003 + iteration
+
+
+def source(cfg: Config, task: Task) -> Source:
+    """What the run generates from: the task's training conversations (the same ones every
+    iteration with ``train.fixed_prompts``) and the run's demonstrations."""
+    def episodes(iteration: int) -> list:
+        return task.episodes("train", cfg.train.conversations,
+                             iteration_seed(cfg.seed, 0 if cfg.train.fixed_prompts else iteration))
+
+    def demos() -> list:
+        return demonstrations(task, path=cfg.demos.path, count=cfg.demos.count, corruption=cfg.demos.corruption,
+                              seed=cfg.seed)
+
+    return Source(episodes, demos, cfg.train.iterations)
+
+
+# --- building the roles ------------------------------------------------------------------------
+def build_roles(cfg: Config, task: Task, policy_path: str, cluster) -> Roles:
+    p = cfg.pipeline
+    n_cpu = max(1, p.num_cpus or os.cpu_count() or 1)
+    pin_gen = pin_learn = None
+    if p.placement == "disaggregated":  # generators on the first cores, learners on the rest
+        cores = list(range(n_cpu))
+        pin_gen = [cores[: max(1, n_cpu - p.learners)]] * p.generators
+        pin_learn = [[cores[-1 - i % max(1, n_cpu - 1)]] for i in range(p.learners)]
+    init_method = cluster.init_method() if p.learners > 1 else None
+    learners = [cluster.spawn(Learner, cpus=0, pin=pin_learn[i] if pin_learn else None, model_path=policy_path,
+                              rank=i, world_size=p.learners, init_method=init_method, lr=cfg.algo.lr,
+                              threads=p.learner_threads, seed=cfg.seed)
+                for i in range(p.learners)]
+    generators = [cluster.spawn(RolloutGenerator, cpus=0, pin=pin_gen[i] if pin_gen else None, model_path=policy_path,
+                                backend=p.backend, generator_id=i, max_new_tokens=cfg.model.max_new_tokens,
+                                threads=p.generator_threads)
+                  for i in range(p.generators)]
+    reference = cluster.spawn(RolloutGenerator, cpus=0, model_path=policy_path, backend=p.backend, generator_id=-1,
+                              max_new_tokens=cfg.model.max_new_tokens, threads=1)
+    judge = cluster.spawn(PreferenceJudge, cpus=0, kind=cfg.judge.kind, task=task, target=cfg.judge.target,
+                          kwargs=dict(cfg.judge.kwargs), retries=cfg.judge.retries)
+    pad_id = cluster.get(generators[0].call(RolloutGenerator.pad_id))
+    return Roles(cluster, generators, reference, judge, learners, pad_id)
+
+
+# --- stages ------------------------------------------------------------------------------------
+class Generation:
+    """The generate stage: iteration t's request is sent to the generators ``ahead`` iterations
+    early (0 in sync mode), each generator taking every n-th part of it."""
+
+    def __init__(self, roles: Roles, plan: Plan, *, seed: int, iterations: int, ahead: int, start: int):
+        self.roles, self.plan, self.seed, self.iterations, self.ahead = roles, plan, seed, iterations, ahead
+        self.inflight: deque = deque()
+        self.next = start
+
+    def take(self, t: int) -> list[Rollout]:
+        """Iteration t's rollouts (after queueing the requests of the iterations up to t + ahead)."""
+        while self.next <= min(t + self.ahead, self.iterations - 1):
+            seed = iteration_seed(self.seed, self.next)
+            parts = self.plan.request(self.next).split(len(self.roles.generators))
+            self.inflight.append([g.call(RolloutGenerator.generate, part, iteration=self.next, seed=seed * 10 + i)
+                                  for i, (g, part) in enumerate(zip(self.roles.generators, parts))])
+            self.next += 1
+        return [r for part in self.roles.cluster.get(self.inflight.popleft()) for r in part]
+
+
+def judge(roles: Roles, pairs: list[Pair], iteration: int, judge_name: str) -> list[Comparison]:
+    """Every pair in one call to the judge."""
+    if not pairs:
+        return []
+    parsed: dict = {}  # each state's messages parsed once (many pairs share a state)
+    conversations = [parsed.setdefault(p.state, json.loads(p.state)) for p in pairs]
+    probs = roles.cluster.get(roles.judge.call(PreferenceJudge.compare, conversations,
+                                               [p.answer_a for p in pairs], [p.answer_b for p in pairs]))
+    return [p.judged(prob, iteration=iteration, judge=judge_name) for p, prob in zip(pairs, probs)]
+
+
+def update(roles: Roles, batch: TrainBatch, settings: AlgoConfig, lr: float) -> dict:
+    """One update on every learner, each on its shard; the learners' metrics averaged."""
+    results = roles.cluster.get([
+        learner.call(Learner.train, shard, algorithm=settings.name, eta=settings.eta, tau=settings.tau,
+                     link=settings.link, epochs=settings.epochs, minibatches=settings.minibatches, lr=lr,
+                     kl_coef=settings.kl_coef)
+        for learner, shard in zip(roles.learners, batch.shard(len(roles.learners)))
+    ])
+    skip = ("examples", "version", "train_seconds")
+    out = {k: float(np.mean([r[k] for r in results])) for k in results[0] if k not in skip}
+    return {**out, "examples": sum(r["examples"] for r in results), "lr": lr}
+
+
+def sync_weights(roles: Roles, version: int, wait: bool) -> tuple:
+    """Learner rank 0 → object store → every generator (one copy in the store per version);
+    returns (version, weights future): what the generators hold from now on."""
+    weights = roles.learners[0].call(Learner.weights)
+    done = [g.call(RolloutGenerator.set_weights, version, weights) for g in roles.generators]
+    if wait:
+        roles.cluster.get(done)
+    return version, weights
+
+
+def save_checkpoint(roles: Roles, run_dir: Path, state: RunState, iteration: int, keep: int,
+                    final: bool = False) -> Path:
+    """Policy, optimizer and run state (plus the method's memory) in one directory. Mid-way
+    through a round that keeps the generators' policy (``state.held``), that policy is saved too
+    (``generator.safetensors``), so a resume continues the round."""
+
+    def save(directory: Path) -> None:
+        roles.cluster.get(roles.learners[0].call(Learner.save, str(directory)))
+        state.memory.save(directory)
+        if state.held[0] != state.version and state.held[1] is not None:
+            held = state.held[1] if isinstance(state.held[1], dict) else roles.cluster.get(state.held[1])
+            save_file({k: v.contiguous() for k, v in held.items()}, str(directory / "generator.safetensors"))
+
+    extra = {"generator_version": state.held[0]} if state.held[0] != state.version else {}
+    return write_checkpoint(run_dir, "final" if final else f"iter_{iteration:06d}",
+                            {"iteration": iteration, "policy_version": state.version, **state.counters, **extra},
+                            save, keep)
+
+
+def resume(roles: Roles, run_dir: Path, algo: Algorithm) -> RunState:
+    """The run state of the latest checkpoint, with the roles' weights restored from it."""
+    latest = ckpt.latest_checkpoint(run_dir)
+    if latest is None:
+        raise InputError(f"resume=true but {run_dir} has no checkpoint")
+    saved = ckpt.read_state(latest)
+    state = RunState(algo.memory.load(latest), saved["iteration"], saved["policy_version"],
+                     counters={k: saved.get(k, 0) for k in ("dropped_stale", "samples_total", "generated_total")})
+    roles.cluster.get([learner.call(Learner.load, str(latest), state.version) for learner in roles.learners])
+    if "generator_version" in saved:  # mid-way through a round: its starting policy again
+        state.held = (saved["generator_version"], None)
+        if (latest / "generator.safetensors").exists():
+            weights = load_file(str(latest / "generator.safetensors"))
+            roles.cluster.get([g.call(RolloutGenerator.set_weights, state.held[0], weights) for g in roles.generators])
+            state.held = (state.held[0], weights)
+    else:
+        state.held = sync_weights(roles, state.version, wait=True)
+    truncate(run_dir, state.iteration)
+    return state
+
+
+def log(run_dir: Path, m: dict, state: RunState, rollouts: list[Rollout], fresh: list[Rollout],
+        stale: list[Rollout], comparisons: list[Comparison], batch: TrainBatch) -> None:
+    """Write the iteration's records (each rollout with the learner version that consumed it) and
+    complete its metrics."""
+    consumer = state.version - 1
+    rows = [dataclasses.replace(r, learner_version=consumer) for r in fresh]
+    rows += [dataclasses.replace(r, learner_version=consumer, stale=True) for r in stale]
+    write_parquet(rows, run_dir / "rollouts" / f"iter_{m['iteration']:06d}.parquet")
+    write_parquet(comparisons, run_dir / "comparisons" / f"iter_{m['iteration']:06d}.parquet")
+    ages = [consumer - r.policy_version for r in fresh]
+    m.update(policy_version=state.version, samples=len(batch), generated=generated(rollouts),
+             staleness_mean=float(np.mean(ages)) if ages else 0.0, dropped_stale=len(stale),
+             dropped_stale_total=state.counters["dropped_stale"])
+    m.setdefault("win_rate_vs_init", None)
+    m.setdefault("exploitability", None)
+
+
+def evaluate(roles: Roles, task: Task, states: list, samples: int, seed: int) -> dict:
+    """The current policy against the warm start on held-out states (``framework.jobs.evaluate``)."""
+    return held_out.evaluate(roles.cluster, roles.generators[0], roles.reference, roles.judge, task, states,
+                             samples=samples, seed=seed)
+
+
+# --- the run -----------------------------------------------------------------------------------
+def run(cfg: Config, run_dir: Path, *, progress: bool = True) -> dict:
+    """Warm start (cached), then self-play; writes metrics, records, checkpoints and a summary."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    task = get_task(**dataclasses.asdict(cfg.task))
+    algo = get_algorithm(cfg.algo.name)
+    plan = algo.plan(cfg.algo, source(cfg, task))
+    policy_path = prepare_policy(cfg, task, progress=progress)
+    cluster = make_cluster(use_ray=cfg.pipeline.ray, num_cpus=cfg.pipeline.num_cpus,
+                           concurrent_roles=cfg.pipeline.mode == "async")
+    try:
+        roles = build_roles(cfg, task, policy_path, cluster)
+        loop_start = time.perf_counter()
+        state = resume(roles, run_dir, algo) if cfg.resume else RunState(algo.memory())
+        eval_states = task.heldout_states(cfg.eval.conversations, cfg.seed)
+        final_states = task.heldout_states(cfg.eval.final_conversations, cfg.seed + 1)
+        summary = read_summary(run_dir) if cfg.resume else {}
+        summary["init_policy"] = str(Path(policy_path).resolve())
+        if "start" not in summary:
+            summary["start"] = evaluate(roles, task, final_states, cfg.eval.samples, seed=cfg.seed)
+            write_summary(run_dir, summary)
+        sync = cfg.pipeline.mode == "sync"
+        generation = Generation(roles, plan, seed=cfg.seed, iterations=cfg.train.iterations,
+                                ahead=0 if sync else cfg.pipeline.max_staleness, start=state.iteration)
+        options = {name: getattr(cfg.algo, name) for name in algo.options}
+        judge_name = cfg.judge.target or cfg.judge.kind
+        bar = tqdm(total=cfg.train.iterations, initial=state.iteration, desc="self-play", disable=not progress,
+                   unit="it")
+        for t in range(state.iteration, cfg.train.iterations):
+            m: dict = {"iteration": t + 1}
+            wall = time.perf_counter()
+            try:
+                with timed(m, "generate"):
+                    rollouts = generation.take(t)
+                with timed(m, "judge"):
+                    fresh, stale = split_stale(rollouts, state.version, plan.max_age(cfg.pipeline.max_staleness))
+                    comparisons = judge(roles, plan.pairs(rollouts) + state.memory.pairs(fresh), t, judge_name)
+                with timed(m, "build_batch"):
+                    batch = algo.build_batch(fresh, comparisons, keep=cfg.algo.keep, pad_id=roles.pad_id, **options)
+                    m.update(state.memory.observe(fresh, comparisons))
+                with timed(m, "update"):
+                    m.update(update(roles, batch, cfg.algo, cfg.algo.lr_at(t, cfg.train.iterations)))
+                    state.version += 1
+                with timed(m, "sync_weights"):
+                    if plan.publishes(t):
+                        state.held = sync_weights(roles, state.version, wait=sync)
+            except AlignplayError:
+                # Stop with a resumable checkpoint: each iteration makes exactly one update, so
+                # `version` iterations are complete (whichever stage failed).
+                save_checkpoint(roles, run_dir, state, state.version, cfg.checkpoint.keep)
+                raise
+            state.count(rollouts, stale, batch)
+            with timed(m, "checkpoint"):
+                if (t + 1) % cfg.checkpoint.every == 0 and t + 1 < cfg.train.iterations:
+                    save_checkpoint(roles, run_dir, state, t + 1, cfg.checkpoint.keep)
+            with timed(m, "evaluate"):
+                if (t + 1) % cfg.eval.every == 0 or t + 1 == cfg.train.iterations:
+                    m.update(evaluate(roles, task, eval_states, cfg.eval.samples, seed=cfg.seed + t + 1))
+            with timed(m, "log"):
+                log(run_dir, m, state, rollouts, fresh, stale, comparisons, batch)
+            elapsed = time.perf_counter() - wall
+            append_metrics(run_dir, {**m, "samples_per_s": len(batch) / elapsed, "iteration_s": elapsed})
+            bar.update(1)
+            if m["win_rate_vs_init"] is not None:
+                bar.set_postfix(win_rate=f"{m['win_rate_vs_init']:.3f}")
+        bar.close()
+        cluster.get([g.call(RolloutGenerator.ping) for g in roles.generators])  # drain queued weight syncs
+        final = save_checkpoint(roles, run_dir, state, cfg.train.iterations, cfg.checkpoint.keep, final=True)
+        if state.held[0] != state.version:  # a run ending mid-round: evaluate the learner's latest policy
+            state.held = sync_weights(roles, state.version, wait=True)
+        summary.update(final=evaluate(roles, task, final_states, cfg.eval.samples, seed=cfg.seed + 10**6),
+                       final_policy=str((final / "policy").resolve()), iterations=cfg.train.iterations,
+                       samples_generated=state.counters["generated_total"],
+                       # seconds of this invocation after the (cached) warm start; a resume counts its part
+                       wall_s=time.perf_counter() - loop_start)
+        write_summary(run_dir, summary)
+        return summary
+    finally:
+        cluster.shutdown()

@@ -1,0 +1,75 @@
+"""The warm start, the first stage of every self-play run: the policy it starts from is a given
+checkpoint, or the tiny model warm-started by SFT on the task's demonstrations (a ``Learner`` in
+this process). Both the tiny model and the warm start are cached on disk under a hash of
+everything that determines them, so reruns and tests skip the work."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from actors.learner import Learner
+from framework.batching import collate
+from framework.config import Config, WarmStartConfig
+from framework.models import answer_ids, build_tiny_model, default_cache_dir
+from games.demonstrations import Demonstration, demonstrations
+from games.tasks import Task
+
+
+def sft_pairs(tokenizer, demos) -> tuple[list[list[int]], list[list[int]]]:
+    """(prompt ids, response ids) of each demonstration, cut where the chat template puts the answer."""
+    pairs = [answer_ids(tokenizer, d.messages, d.response) for d in demos]
+    return [p for p, _ in pairs], [r for _, r in pairs]
+
+
+def prepare_policy(cfg: Config, task: Task, *, progress: bool = True) -> str:
+    """Directory of the starting policy (built and warm-started if needed)."""
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+    if cfg.model.path:
+        base = cfg.model.path
+    else:
+        base = str(build_tiny_model(cfg.model.tiny, task.tokenizer_corpus(cfg.seed), seed=cfg.seed, cache_dir=cache))
+    w = cfg.warm_start
+    if w.steps == 0:
+        return base
+    what = [base, asdict(cfg.task), asdict(w), cfg.seed, "v1"]
+    if cfg.demos.path or cfg.demos.corruption:  # (default demonstrations keep their old cache entries)
+        what.append([cfg.demos.path, cfg.demos.corruption])
+    key = hashlib.sha256(json.dumps(what).encode()).hexdigest()[:16]
+    out = cache / "warm" / key
+    if (out / "policy" / "config.json").exists():
+        return str(out / "policy")
+    # what the warm start learns from: demos.path if given, else the task's own (demos.corruption)
+    demos = demonstrations(task, path=cfg.demos.path, count=w.demonstrations, corruption=cfg.demos.corruption,
+                           seed=cfg.seed)
+    _sft(base, demos, w, cfg.seed, out, progress)
+    return str(out / "policy")
+
+
+def _sft(base: str, demos: list[Demonstration], w: WarmStartConfig, seed: int, out: Path, progress: bool) -> None:
+    learner = Learner(model_path=base, lr=w.lr, threads=os.cpu_count() or 1, seed=seed)
+    prompts, responses = sft_pairs(learner.tokenizer, demos)
+    rng = np.random.default_rng([seed, 7])
+    pad = learner.tokenizer.pad_token_id
+    with tqdm(range(w.steps), desc="warm start (SFT)", disable=not progress, unit="step") as bar:
+        for step in bar:
+            idx = rng.choice(len(prompts), size=min(w.batch_size, len(prompts)), replace=False)
+            loss = learner.sft_step(collate([prompts[i] for i in idx], [responses[i] for i in idx], pad_id=pad))
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{loss:.3f}")
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    learner.save(str(tmp))
+    (tmp / "optimizer.json").unlink()  # the warm start is a policy, not a resumable run
+    (tmp / "optimizer.safetensors").unlink()
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)

@@ -1,0 +1,42 @@
+"""``job: compare`` end to end, in-process: the comparison.json contract and reuse of finished runs."""
+
+import json
+
+from framework.jobs import run_job
+from framework.jobs.reports import aggregate
+
+METHODS = ["sft", "mpo", "dpo"]
+
+
+def test_comparison_writes_the_contract_and_reuses_finished_runs(small_config, tiny_policy, tmp_path):
+    cfg = small_config("job=compare", "train.iterations=2", "eval.every=1", "pipeline.ray=false",
+                       "pipeline.mode=sync", "train.fixed_prompts=true", f"compare.methods=[{','.join(METHODS)}]",
+                       "compare.seeds=[0,1]")
+    run_job(cfg, tmp_path)
+    table = json.loads((tmp_path / "comparison.json").read_text())
+    assert list(table) == METHODS
+    for method in METHODS:
+        for metric in ("win_rate_vs_sft", "exploitability", "samples", "wall_s"):
+            assert isinstance(table[method][metric], float) and f"{metric}_std" in table[method], (method, metric)
+    # the same sample budget: conversations × turns × K × iterations, whatever the method samples
+    assert table["mpo"]["samples"] == table["dpo"]["samples"] == 6 * 2 * 3 * 2
+    assert table["sft"]["samples"] == 0
+    seeds = json.loads((tmp_path / "comparison_seeds.json").read_text())
+    assert table["mpo"]["exploitability"] == sum(r["exploitability"] for r in seeds["mpo"]) / 2
+    for name in ("comparison.md", "exploitability.png"):
+        assert (tmp_path / name).stat().st_size > 500
+    assert "| ompo" not in (tmp_path / "comparison.md").read_text()
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*/metrics.jsonl")}
+    assert len(stamps) == 4  # 2 methods × 2 seeds
+    run_job(cfg, tmp_path)  # finished runs are reused, not run again
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_aggregate_means_and_sample_std():
+    out = aggregate({"mpo": [{"win_rate_vs_sft": 0.6, "win_rate_vs_sft_ci95": 0.03, "exploitability": 0.1,
+                              "samples": 10, "wall_s": 1.0},
+                             {"win_rate_vs_sft": 0.7, "win_rate_vs_sft_ci95": 0.04, "exploitability": 0.3,
+                              "samples": 10, "wall_s": 3.0}]})["mpo"]
+    assert abs(out["win_rate_vs_sft"] - 0.65) < 1e-12 and abs(out["win_rate_vs_sft_std"] - 0.0707107) < 1e-6
+    assert abs(out["win_rate_vs_sft_ci95"] - 0.025) < 1e-12  # √(.03² + .04²)/2
+    assert out["samples_std"] == 0.0 and out["wall_s"] == 2.0
