@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
-from framework.algorithms import get_algorithm
+from framework.algorithms.registry import get_algorithm
 from framework.checkpoint import load_optimizer, save_optimizer
 from framework.losses import sequence_logprob, sft_loss, token_logprobs
 from framework.models import load_policy, load_reference

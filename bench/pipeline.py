@@ -47,7 +47,7 @@ def bare_loop(cfg, threads: int) -> dict:
     from actors.generator import RolloutGenerator
     from actors.judge import PreferenceJudge
     from actors.learner import Learner
-    from framework.algorithms import get_algorithm
+    from framework.algorithms.registry import get_algorithm
     from framework.algorithms.mpo import state_pairs
     from framework.jobs.selfplay import iteration_seed
     from framework.jobs.warmstart import prepare_policy

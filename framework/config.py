@@ -25,7 +25,7 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from framework.algorithms import algorithm_names, get_algorithm, implementing
+from framework.algorithms.registry import algorithm_names, get_algorithm, implementing
 from framework.algorithms.tabular import TABULAR_ALGOS
 from framework.errors import ConfigError, InputError
 from framework.models import TinyModelSpec

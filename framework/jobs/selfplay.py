@@ -31,7 +31,7 @@ from actors.judge import PreferenceJudge
 from actors.learner import Learner
 from actors.remote import Handle, make_cluster
 from framework import checkpoint as ckpt
-from framework.algorithms import get_algorithm
+from framework.algorithms.registry import get_algorithm
 from framework.algorithms.hooks import Algorithm, Memory, Plan, Source
 from framework.config import AlgoConfig, Config
 from framework.errors import AlignplayError, InputError
@@ -166,8 +166,8 @@ def judge(roles: Roles, pairs: list[Pair], iteration: int, judge_name: str) -> l
     """Every pair in one call to the judge."""
     if not pairs:
         return []
-    parsed: dict = {}  # each state's messages parsed once (many pairs share a state)
-    conversations = [parsed.setdefault(p.state, json.loads(p.state)) for p in pairs]
+    parsed = {state: json.loads(state) for state in {p.state for p in pairs}}  # many pairs share a state
+    conversations = [parsed[p.state] for p in pairs]
     probs = roles.cluster.get(roles.judge.call(PreferenceJudge.compare, conversations,
                                                [p.answer_a for p in pairs], [p.answer_b for p in pairs]))
     return [p.judged(prob, iteration=iteration, judge=judge_name) for p, prob in zip(pairs, probs)]

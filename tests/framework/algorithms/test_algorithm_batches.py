@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from framework.algorithms import get_algorithm
+from framework.algorithms.registry import get_algorithm
 from framework.algorithms.ompo import OptimisticCache
 from framework.batching import collate
 from framework.records import Comparison, Rollout

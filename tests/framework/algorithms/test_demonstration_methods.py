@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from framework.algorithms import get_algorithm
+from framework.algorithms.registry import get_algorithm
 from framework.jobs.selfplay import run as run_selfplay
 from framework.records import Rollout
 

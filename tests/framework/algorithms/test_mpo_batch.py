@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from framework.algorithms import get_algorithm
+from framework.algorithms.registry import get_algorithm
 from framework.algorithms.mpo import one_step_q, select, win_matrix
 from framework.errors import InputError
 from framework.records import Comparison, Rollout
