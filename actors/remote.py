@@ -1,11 +1,13 @@
-"""The one place that applies ``ray.remote`` and placement.
+"""The one place that applies ``ray.remote``, resources and placement.
 
-A controller talks to roles through a cluster: ``spawn`` a role from a plain class (a ``Handle``
-comes back), ``handle.call(Class.method, ...)`` a method (a future comes back), ``get`` futures.
-Methods are named by their function, not a string, so "go to definition" works from the
-controller and a type checker sees the arguments. ``RayCluster`` runs every role as a Ray actor;
-``LocalCluster`` runs them in this process (debugging, unit tests) with the same API. An
-``AlignplayError`` raised inside an actor reaches the caller as itself (one-line message).
+A controller talks to roles through a cluster: ``place`` what the roles ask for (one placement
+group per run: each role instance gets a ``Slot``), ``spawn`` a role from a plain class into its
+slot (a ``Handle`` comes back), ``handle.call(Class.method, ...)`` a method (a future comes back),
+``get`` futures. Methods are named by their function, not a string, so "go to definition" works
+from the controller and a type checker sees the arguments. ``RayCluster`` runs every role as a Ray
+actor, on a Ray it starts on this machine or on the cluster it joins; ``LocalCluster`` runs them
+in this process (debugging, unit tests) with the same API. An ``AlignplayError`` raised inside an
+actor reaches the caller as itself (one-line message).
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable, Concatenate, Generic, ParamSpec, TypeVar
 
-from framework.errors import AlignplayError
+from framework.config import RoleResources
+from framework.errors import AlignplayError, InputError
 
 R = TypeVar("R")  # a role's class
 T = TypeVar("T")  # what a method returns
@@ -39,6 +43,92 @@ class Handle(Generic[R]):
 
     def __repr__(self) -> str:
         return f"Handle({self.cls.__name__})"
+
+
+#: the CPUs of a role that asks for none: a place in the placement group, not a reservation
+#: (Ray ignores the placement of an actor that asks for nothing)
+SLOT_CPUS = 0.01
+
+
+@dataclass(frozen=True)
+class Ask:
+    """What one actor asks of the cluster; ``key`` (its config path) names it in errors."""
+
+    role: str  # e.g. "learner 1"
+    key: str  # e.g. "pipeline.resources.learner"
+    cpus: float = SLOT_CPUS
+    gpus: float = 0.0
+    resources: tuple[tuple[str, float], ...] = ()
+
+    def amounts(self) -> dict[str, float]:
+        return {k: v for k, v in {"CPU": self.cpus, "GPU": self.gpus, **dict(self.resources)}.items() if v}
+
+
+def ask(spec: RoleResources, role: str, key: str, *, cpus: float = SLOT_CPUS, gpus: float = 0.0) -> Ask:
+    """The Ask of a role instance: what its config says, else the defaults given."""
+    return Ask(role, key, spec.cpus if spec.cpus is not None else cpus, spec.gpus if spec.gpus is not None else gpus,
+               tuple(sorted(spec.resources.items())))
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where one actor goes: bundle ``bundle`` of a placement group (none: anywhere)."""
+
+    ask: Ask
+    group: Any = None
+    bundle: int = -1
+
+
+def _sum(asks: list[Ask]) -> dict[str, float]:
+    total: dict = defaultdict(float)
+    for a in asks:
+        for res, amount in a.amounts().items():
+            total[res] += amount
+    return dict(total)
+
+
+def _fits(bundle: dict[str, float], node: dict[str, float]) -> bool:
+    return all(node.get(res, 0.0) + 1e-9 >= amount for res, amount in bundle.items())
+
+
+def check_fits(groups: list[list[Ask]], nodes: list[dict[str, float]], strategy: str) -> None:
+    """An InputError naming the roles and the resource when ``nodes`` (each node's resources) cannot
+    hold the bundles of ``groups`` (each group's asks share one bundle, so one node)."""
+    asks = [a for group in groups for a in group]
+    for res, total in _sum(asks).items():
+        have = sum(n.get(res, 0.0) for n in nodes)
+        if total > have + 1e-9:
+            by_key: dict = defaultdict(list)
+            for a in asks:
+                if a.amounts().get(res):
+                    by_key[a.key].append(a.amounts()[res])
+            parts = ", ".join(f"{key} {len(v)} × {v[0]:g}" if len(set(v)) == 1 else f"{key} {sum(v):g}"
+                              for key, v in by_key.items())
+            raise InputError(f"the run asks for {total:g} {res} ({parts}) but the cluster has {have:g}")
+    for group in groups:
+        if not any(_fits(_sum(group), n) for n in nodes):
+            roles = " and ".join(f"{a.role} ({a.key})" for a in group)
+            raise InputError(f"{roles} {'share a bundle that asks' if len(group) > 1 else 'asks'} for "
+                             f"{_sum(group)}, more than any one node has")
+    if strategy == "STRICT_PACK" and not any(_fits(_sum(asks), n) for n in nodes):
+        raise InputError(f"pipeline.placement_strategy=STRICT_PACK puts every role on one node, but no node "
+                         f"holds {_sum(asks)}")
+    if strategy == "STRICT_SPREAD":  # a node of its own per bundle: largest bundles first, greedily
+        free = list(nodes)
+        for group in sorted(groups, key=lambda g: -sum(_sum(g).values())):
+            node = next((n for n in free if _fits(_sum(group), n)), None)
+            if node is None:
+                raise InputError(f"pipeline.placement_strategy=STRICT_SPREAD puts each of the run's {len(groups)} "
+                                 f"bundles on a node of its own, but the cluster has no node left for "
+                                 f"{' and '.join(a.role for a in group)}")
+            free.remove(node)
+
+
+def local_nodes(num_cpus: int | None = None) -> list[dict[str, float]]:
+    """The resources of the Ray a run starts on this machine (all its cores, or ``num_cpus``)."""
+    import torch
+
+    return [{"CPU": float(num_cpus or os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}]
 
 
 @dataclass
@@ -67,13 +157,25 @@ def _run_here(instance, method, args, kwargs) -> Done:
 class LocalCluster:
     """Every role in this process; calls run at once (no overlap between roles)."""
 
-    def spawn(self, cls: type[R], *, cpus: float = 1, pin: list[int] | None = None, **kwargs) -> Handle[R]:
+    def gpus(self) -> float:
+        import torch
+
+        return float(torch.cuda.device_count())
+
+    def place(self, groups: list[list[Ask]], strategy: str = "PACK") -> list[list[Slot]]:
+        return [[Slot(a) for a in group] for group in groups]
+
+    def spawn(self, cls: type[R], *, slot: Slot | None = None, cpus: float = 1, pin: list[int] | None = None,
+              **kwargs) -> Handle[R]:
         return Handle(cls, cls(**kwargs), _run_here)
+
+    def node_of(self, handle: Handle) -> str:
+        return "this process"
 
     def get(self, futures):
         return [_resolve(f) for f in futures] if isinstance(futures, list) else _resolve(futures)
 
-    def init_method(self) -> str | None:
+    def init_method(self, slot: Slot | None = None) -> str | None:
         return None
 
     def shutdown(self) -> None:
@@ -85,27 +187,75 @@ def _submit_to_actor(actor, method, args, kwargs):
 
 
 class RayCluster:
-    """Roles as Ray actors on a local or remote Ray cluster."""
+    """Roles as Ray actors: on the cluster at ``address`` (default ``$RAY_ADDRESS``), else on a Ray
+    started on this machine with ``num_cpus`` (default: all); a Ray already initialised in this
+    process is used as it is. ``placement_timeout``: how long to wait for a joined cluster (its
+    autoscaler, say) to hold the run's placement group; a Ray started here holds it or fails at once."""
 
-    def __init__(self, *, num_cpus: int | None = None, concurrent_roles: bool = False):
+    def __init__(self, *, address: str | None = None, num_cpus: int | None = None, concurrent_roles: bool = False,
+                 placement_timeout: float = 300.0):
         import ray
 
         self.ray = ray
         self.concurrent_roles = concurrent_roles
         self.owns_ray = not ray.is_initialized()
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        self.joined = address is not None or not self.owns_ray
         if self.owns_ray:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)
-        self.actors = []
+            # joining a cluster never sets its size; a Ray of our own gets num_cpus
+            size = {} if address else {"num_cpus": num_cpus}
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False, **size)
+        self.placement_timeout = placement_timeout
+        self.actors, self.groups = [], []
 
-    def spawn(self, cls: type[R], *, cpus: float = 1, pin: list[int] | None = None, **kwargs) -> Handle[R]:
+    def nodes(self) -> list[dict[str, float]]:
+        """Each alive node's resources."""
+        return [n["Resources"] for n in self.ray.nodes() if n["Alive"]]
+
+    def gpus(self) -> float:
+        return float(sum(n.get("GPU", 0.0) for n in self.nodes()))
+
+    def place(self, groups: list[list[Ask]], strategy: str = "PACK") -> list[list[Slot]]:
+        """One placement group for the run: a bundle per group of asks (the asks of a group share
+        it, so a node); fails before any role starts when the cluster cannot hold it."""
+        from ray.util.placement_group import placement_group, remove_placement_group
+
+        try:
+            check_fits(groups, self.nodes(), strategy)
+        except InputError:
+            if not self.joined or not self.placement_timeout:
+                raise
+            print(f"alignplay: the cluster cannot hold the run's roles yet; waiting up to "
+                  f"{self.placement_timeout:.0f} s for it to grow", file=sys.stderr, flush=True)
+        bundles = [_sum(group) for group in groups]
+        pg = placement_group(bundles, strategy=strategy)
+        self.groups.append(pg)
+        ready = self.ray.wait([pg.ready()], timeout=self.placement_timeout if self.joined else 30.0)[0]
+        if not ready:
+            remove_placement_group(pg)
+            self.groups.remove(pg)
+            check_fits(groups, self.nodes(), strategy)  # names what does not fit, if it can
+            raise InputError(f"the cluster could not place the run's roles ({len(bundles)} bundles, "
+                             f"strategy {strategy}) within {self.placement_timeout:.0f} s")
+        return [[Slot(a, pg, i) for a in group] for i, group in enumerate(groups)]
+
+    def spawn(self, cls: type[R], *, slot: Slot | None = None, cpus: float = 1, pin: list[int] | None = None,
+              **kwargs) -> Handle[R]:
+        """``cls(**kwargs)`` as an actor in ``slot`` (else anywhere, with ``cpus`` CPUs)."""
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
         # Actors import what the driver can import (a user's judge module, say): same Python path.
         env = {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))}
         if self.concurrent_roles and "OMP_WAIT_POLICY" not in os.environ:
             # Roles that run at the same time on shared cores: idle OpenMP threads must sleep, not
             # spin (spinning is faster when roles take turns, as in sync mode).
             env["OMP_WAIT_POLICY"] = "PASSIVE"
-        actor = self.ray.remote(cls).options(num_cpus=cpus, runtime_env={"env_vars": env}).remote(**kwargs)
+        options: dict = {"num_cpus": cpus}
+        if slot is not None:
+            options = {"num_cpus": slot.ask.cpus, "num_gpus": slot.ask.gpus, "resources": dict(slot.ask.resources)}
+            if slot.group is not None:
+                options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(slot.group, slot.bundle)
+        actor = self.ray.remote(cls).options(runtime_env={"env_vars": env}, **options).remote(**kwargs)
         if pin:
             # The CPU stand-in for separate GPUs: the actor's process may only run on these cores.
             self.ray.get(actor.__ray_call__.remote(lambda self_, cpus=pin: os.sched_setaffinity(0, cpus)))
@@ -121,20 +271,57 @@ class RayCluster:
                 raise cause from None
             raise
 
-    def init_method(self) -> str:
-        """A TCP rendezvous for a torch.distributed group on this machine."""
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    def init_method(self, slot: Slot | None = None) -> str:
+        """A TCP rendezvous for a torch.distributed group whose rank 0 goes into ``slot``: that
+        node's IP and a port free there (found by a task in the same bundle)."""
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        options: dict = {"num_cpus": 0}
+        if slot is not None and slot.group is not None:
+            options = {"num_cpus": slot.ask.cpus, "num_gpus": slot.ask.gpus, "resources": dict(slot.ask.resources),
+                       "scheduling_strategy": PlacementGroupSchedulingStrategy(slot.group, slot.bundle)}
+        return self.ray.get(self.ray.remote(_rendezvous).options(**options).remote())
+
+    def node_of(self, handle: Handle) -> str:
+        """The node an actor runs on (``node id[:8] @ ip``)."""
+        return self.ray.get(handle.target.__ray_call__.remote(_where))
 
     def shutdown(self) -> None:
+        from ray.util.placement_group import remove_placement_group
+
         for actor in self.actors:
             self.ray.kill(actor)
         self.actors = []
+        for pg in self.groups:
+            remove_placement_group(pg)
+        self.groups = []
         if self.owns_ray:
             self.ray.shutdown()
 
 
-def make_cluster(*, use_ray: bool, num_cpus: int | None = None, concurrent_roles: bool = False):
+def _rendezvous() -> str:
+    import ray
+
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return f"tcp://{ray.util.get_node_ip_address()}:{s.getsockname()[1]}"
+
+
+def _where(actor_self) -> str:
+    import ray
+
+    return f"{ray.get_runtime_context().get_node_id()[:8]} @ {ray.util.get_node_ip_address()}"
+
+
+def joins_a_cluster(address: str | None) -> bool:
+    """Whether a run joins a running Ray cluster (``address`` or ``$RAY_ADDRESS``) instead of starting one."""
+    return bool(address or os.environ.get("RAY_ADDRESS"))
+
+
+def make_cluster(*, use_ray: bool, address: str | None = None, num_cpus: int | None = None,
+                 concurrent_roles: bool = False, placement_timeout: float = 300.0):
     """Ray actors, or everything in this process; ``concurrent_roles``: roles overlap in time."""
-    return RayCluster(num_cpus=num_cpus, concurrent_roles=concurrent_roles) if use_ray else LocalCluster()
+    if not use_ray:
+        return LocalCluster()
+    return RayCluster(address=address, num_cpus=num_cpus, concurrent_roles=concurrent_roles,
+                      placement_timeout=placement_timeout)

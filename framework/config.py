@@ -259,6 +259,45 @@ class JudgeConfig:
             raise ConfigError("retries", f"must be ≥ 0, got {self.retries}")
 
 
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+
+
+@dataclass(frozen=True)
+class RoleResources:
+    """What each actor of one role asks Ray for."""
+
+    cpus: Optional[float] = None
+    """CPUs; empty: 0.01 — a place in the run's placement group rather than a reservation (the
+    role's torch threads are set apart) — except DP workers, which take dp.threads / dp.workers."""
+    gpus: Optional[float] = None
+    """GPUs (a fraction shares one); empty: when the cluster has GPUs, one per learner, generator
+    and DP worker — half each where a generator and a learner share a bundle
+    (``pipeline.placement=colocated``) — and none for the reference and the judge; none without GPUs."""
+    resources: dict[str, float] = field(default_factory=dict)
+    """Custom Ray resources, e.g. ``{gpu_node: 0.01}`` to place the role on nodes that declare ``gpu_node``."""
+
+    def __post_init__(self):
+        if self.cpus is not None and self.cpus < 0:
+            raise ConfigError("cpus", f"must be ≥ 0, got {self.cpus}")
+        if self.gpus is not None and self.gpus < 0:
+            raise ConfigError("gpus", f"must be ≥ 0, got {self.gpus}")
+        for name, amount in self.resources.items():
+            if not amount > 0:
+                raise ConfigError(f"resources.{name}", f"must be > 0, got {amount}")
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    """Resources per role (``pipeline.resources.<role>.cpus`` / ``.gpus`` / ``.resources``)."""
+
+    generator: RoleResources = field(default_factory=RoleResources)
+    learner: RoleResources = field(default_factory=RoleResources)
+    reference: RoleResources = field(default_factory=RoleResources)
+    """The frozen generator holding the warm start (held-out win rates)."""
+    judge: RoleResources = field(default_factory=RoleResources)
+    dp_worker: RoleResources = field(default_factory=RoleResources)
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     """How the actors are laid out and scheduled."""
@@ -284,7 +323,18 @@ class PipelineConfig:
     learner_threads: int = 1
     """torch threads per learner worker."""
     placement: str = "colocated"
-    """``colocated`` or ``disaggregated`` (each generator and learner pinned to its own core)."""
+    """``colocated``: generator i and learner i share a placement bundle (on GPUs: one GPU);
+    ``disaggregated``: each has its own (on a CPU-only cluster: pinned to its own core)."""
+    placement_strategy: str = "PACK"
+    """How the run's placement group spreads its bundles over nodes (Ray's ``PACK``, ``SPREAD``,
+    ``STRICT_PACK`` or ``STRICT_SPREAD``)."""
+    address: Optional[str] = None
+    """The Ray cluster to join (e.g. ``auto``, ``ray://head:10001``); empty: ``$RAY_ADDRESS``, else a
+    Ray started on this machine for the run."""
+    placement_timeout: float = 300.0
+    """Seconds to wait for a joined cluster (its autoscaler, say) to hold the run's placement group
+    before failing; a Ray started for the run holds it or fails at once."""
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
 
     def __post_init__(self):
         if self.mode not in ("sync", "async"):
@@ -298,6 +348,11 @@ class PipelineConfig:
                 raise ConfigError(name, f"must be ≥ 1, got {getattr(self, name)}")
         if self.placement not in ("colocated", "disaggregated"):
             raise ConfigError("placement", f"must be 'colocated' or 'disaggregated', got {self.placement!r}")
+        if self.placement_timeout < 0:
+            raise ConfigError("placement_timeout", f"must be ≥ 0, got {self.placement_timeout}")
+        if self.placement_strategy not in PLACEMENT_STRATEGIES:
+            raise ConfigError("placement_strategy", f"must be one of {PLACEMENT_STRATEGIES}, "
+                              f"got {self.placement_strategy!r}")
 
 
 @dataclass(frozen=True)

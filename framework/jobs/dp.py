@@ -16,7 +16,7 @@ from typing import Callable
 
 from tqdm.auto import tqdm
 
-from actors.remote import Handle, make_cluster
+from actors.remote import Ask, Handle, ask, check_fits, joins_a_cluster, local_nodes, make_cluster
 from framework import checkpoint as ckpt
 from framework.config import DP_METHODS, Config
 from framework.errors import InputError
@@ -28,8 +28,12 @@ from privacy.learner import DPLearner
 
 
 def preflight(cfg: Config, run_dir: Path) -> None:
-    """Checks that fail before anything is written (the budget fit is checked by the learner)."""
+    """Checks that fail before anything is written (the budget fit is checked by the learner; on a
+    cluster it joins, the resources when it has joined, before any worker starts)."""
     check_run_dir(cfg, run_dir)
+    if cfg.pipeline.ray and not joins_a_cluster(cfg.pipeline.address):
+        nodes = local_nodes(cfg.pipeline.num_cpus)
+        check_fits(worker_asks(cfg, nodes[0]["GPU"]), nodes, cfg.pipeline.placement_strategy)
 
 
 def prepare_model(cfg: Config) -> str:
@@ -54,12 +58,22 @@ def learner_kwargs(cfg: Config, model_path: str) -> dict:
     return dict(model_path=model_path, seed=cfg.seed, **d, **corpus_settings)
 
 
-def spawn_workers(cfg: Config, cluster, model_path: str) -> list[Handle[DPLearner]]:
-    """``dp.workers`` DP learners in one gloo group (each owns a shard of the private data)."""
+def worker_asks(cfg: Config, gpus: float) -> list[list[Ask]]:
+    """Each DP worker in a bundle of its own: dp.threads / dp.workers CPUs (at most pipeline.num_cpus
+    in all) and, on a cluster with GPUs, a GPU, unless ``pipeline.resources.dp_worker`` says otherwise."""
     n = cfg.dp.workers
-    rendezvous = cluster.init_method() if n > 1 else None
     cpus = min(cfg.dp.threads, cfg.pipeline.num_cpus or cfg.dp.threads) / n
-    return [cluster.spawn(DPLearner, cpus=cpus, **learner_kwargs(cfg, model_path), rank=r, init_method=rendezvous)
+    return [[ask(cfg.pipeline.resources.dp_worker, f"DP worker {r}", "pipeline.resources.dp_worker", cpus=cpus,
+                 gpus=1.0 if gpus else 0.0)] for r in range(n)]
+
+
+def spawn_workers(cfg: Config, cluster, model_path: str) -> list[Handle[DPLearner]]:
+    """``dp.workers`` DP learners in one group (each owns a shard of the private data), each in
+    its own bundle of the run's placement group."""
+    n = cfg.dp.workers
+    slots = [group[0] for group in cluster.place(worker_asks(cfg, cluster.gpus()), cfg.pipeline.placement_strategy)]
+    rendezvous = cluster.init_method(slots[0]) if n > 1 else None
+    return [cluster.spawn(DPLearner, slot=slots[r], **learner_kwargs(cfg, model_path), rank=r, init_method=rendezvous)
             for r in range(n)]
 
 
@@ -77,7 +91,8 @@ def run(cfg: Config, run_dir: Path, *, progress: bool = True) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     model_path = prepare_model(cfg)
     method = DP_METHODS[cfg.dp.method]
-    cluster = make_cluster(use_ray=cfg.pipeline.ray, num_cpus=cfg.pipeline.num_cpus)
+    cluster = make_cluster(use_ray=cfg.pipeline.ray, address=cfg.pipeline.address, num_cpus=cfg.pipeline.num_cpus,
+                           placement_timeout=cfg.pipeline.placement_timeout)
     started = time.perf_counter()
     try:
         workers = spawn_workers(cfg, cluster, model_path)

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from actors.generator import RolloutGenerator
 from actors.judge import PreferenceJudge
 from actors.learner import Learner
-from actors.remote import Handle, make_cluster
+from actors.remote import Ask, Handle, ask, check_fits, joins_a_cluster, local_nodes, make_cluster
 from framework import checkpoint as ckpt
 from framework.algorithms.registry import get_algorithm
 from framework.algorithms.hooks import Algorithm, Memory, Plan, Source
@@ -49,10 +49,14 @@ EXPERIMENT_KEYS = ("seed", "model", "task", "warm_start", "algo", "train.convers
 
 
 def preflight(cfg: Config, run_dir: Path) -> None:
-    """Checks that fail fast, before anything is written to the run directory."""
+    """Checks that fail fast, before anything is written to the run directory (on a cluster it
+    joins, the run checks its resources when it has joined, before any role starts)."""
     check_run_dir(cfg, run_dir, experiment_keys=EXPERIMENT_KEYS)
     task = get_task(**dataclasses.asdict(cfg.task))
     build_judge(cfg.judge.kind, task=task, target=cfg.judge.target, kwargs=dict(cfg.judge.kwargs))
+    if cfg.pipeline.ray and not joins_a_cluster(cfg.pipeline.address):
+        nodes = local_nodes(cfg.pipeline.num_cpus)
+        check_fits(placement(cfg, nodes[0]["GPU"]), nodes, cfg.pipeline.placement_strategy)
 
 
 @dataclass
@@ -116,27 +120,45 @@ def source(cfg: Config, task: Task) -> Source:
 
 
 # --- building the roles ------------------------------------------------------------------------
+def placement(cfg: Config, gpus: float) -> list[list[Ask]]:
+    """What each role asks for, grouped into the bundles of the run's placement group: with
+    ``colocated`` generator i and learner i share bundle i (on GPUs, half of one GPU each), with
+    ``disaggregated`` each has its own (a whole GPU); the reference and the judge have their own."""
+    p, r = cfg.pipeline, cfg.pipeline.resources
+    shared = p.placement == "colocated"
+    gpu = (0.5 if shared else 1.0) if gpus else 0.0
+    learners = [ask(r.learner, f"learner {i}", "pipeline.resources.learner", gpus=gpu) for i in range(p.learners)]
+    generators = [ask(r.generator, f"generator {i}", "pipeline.resources.generator", gpus=gpu)
+                  for i in range(p.generators)]
+    pairs = [[*learners[i:i + 1], *generators[i:i + 1]] for i in range(max(p.learners, p.generators))]
+    groups = pairs if shared else [[a] for a in learners + generators]
+    return groups + [[ask(r.reference, "reference", "pipeline.resources.reference")],
+                     [ask(r.judge, "judge", "pipeline.resources.judge")]]
+
+
 def build_roles(cfg: Config, task: Task, policy_path: str, cluster) -> Roles:
     p = cfg.pipeline
+    slots = {s.ask.role: s for group in cluster.place(placement(cfg, cluster.gpus()), p.placement_strategy)
+             for s in group}
     n_cpu = max(1, p.num_cpus or os.cpu_count() or 1)
     pin_gen = pin_learn = None
-    if p.placement == "disaggregated":  # generators on the first cores, learners on the rest
-        cores = list(range(n_cpu))
+    if p.placement == "disaggregated" and not cluster.gpus():  # the CPU stand-in for separate GPUs:
+        cores = list(range(n_cpu))  # generators on the first cores, learners on the rest
         pin_gen = [cores[: max(1, n_cpu - p.learners)]] * p.generators
         pin_learn = [[cores[-1 - i % max(1, n_cpu - 1)]] for i in range(p.learners)]
-    init_method = cluster.init_method() if p.learners > 1 else None
-    learners = [cluster.spawn(Learner, cpus=0, pin=pin_learn[i] if pin_learn else None, model_path=policy_path,
-                              rank=i, world_size=p.learners, init_method=init_method, lr=cfg.algo.lr,
-                              threads=p.learner_threads, seed=cfg.seed)
+    init_method = cluster.init_method(slots["learner 0"]) if p.learners > 1 else None
+    learners = [cluster.spawn(Learner, slot=slots[f"learner {i}"], pin=pin_learn[i] if pin_learn else None,
+                              model_path=policy_path, rank=i, world_size=p.learners, init_method=init_method,
+                              lr=cfg.algo.lr, threads=p.learner_threads, seed=cfg.seed)
                 for i in range(p.learners)]
-    generators = [cluster.spawn(RolloutGenerator, cpus=0, pin=pin_gen[i] if pin_gen else None, model_path=policy_path,
-                                backend=p.backend, generator_id=i, max_new_tokens=cfg.model.max_new_tokens,
-                                threads=p.generator_threads)
+    generators = [cluster.spawn(RolloutGenerator, slot=slots[f"generator {i}"], pin=pin_gen[i] if pin_gen else None,
+                                model_path=policy_path, backend=p.backend, generator_id=i,
+                                max_new_tokens=cfg.model.max_new_tokens, threads=p.generator_threads)
                   for i in range(p.generators)]
-    reference = cluster.spawn(RolloutGenerator, cpus=0, model_path=policy_path, backend=p.backend, generator_id=-1,
-                              max_new_tokens=cfg.model.max_new_tokens, threads=1)
-    judge = cluster.spawn(PreferenceJudge, cpus=0, kind=cfg.judge.kind, task=task, target=cfg.judge.target,
-                          kwargs=dict(cfg.judge.kwargs), retries=cfg.judge.retries)
+    reference = cluster.spawn(RolloutGenerator, slot=slots["reference"], model_path=policy_path, backend=p.backend,
+                              generator_id=-1, max_new_tokens=cfg.model.max_new_tokens, threads=1)
+    judge = cluster.spawn(PreferenceJudge, slot=slots["judge"], kind=cfg.judge.kind, task=task,
+                          target=cfg.judge.target, kwargs=dict(cfg.judge.kwargs), retries=cfg.judge.retries)
     pad_id = cluster.get(generators[0].call(RolloutGenerator.pad_id))
     return Roles(cluster, generators, reference, judge, learners, pad_id)
 
@@ -268,8 +290,8 @@ def run(cfg: Config, run_dir: Path, *, progress: bool = True) -> dict:
     algo = get_algorithm(cfg.algo.name)
     plan = algo.plan(cfg.algo, source(cfg, task))
     policy_path = prepare_policy(cfg, task, progress=progress)
-    cluster = make_cluster(use_ray=cfg.pipeline.ray, num_cpus=cfg.pipeline.num_cpus,
-                           concurrent_roles=cfg.pipeline.mode == "async")
+    cluster = make_cluster(use_ray=cfg.pipeline.ray, address=cfg.pipeline.address, num_cpus=cfg.pipeline.num_cpus,
+                           concurrent_roles=cfg.pipeline.mode == "async", placement_timeout=cfg.pipeline.placement_timeout)
     try:
         roles = build_roles(cfg, task, policy_path, cluster)
         loop_start = time.perf_counter()

@@ -82,6 +82,10 @@ def bad_payoff(tmp_path, P):
     (lambda t: ["eval", str(t), "--reference", str(t / "nowhere")], "eval target: "),
     (lambda t: ["run", "examples/compare_nontransitive.yaml", "compare.methods=[sft,ppo]"], "unknown method 'ppo'"),
     (lambda t: ["run", "examples/quickstart.yaml", "algo.name=ppo"], "algo.name: unknown algorithm 'ppo'"),
+    (lambda t: ["run", "examples/quickstart.yaml", "--run-dir", str(t / "r"), "pipeline.resources.learner.gpus=1000"],
+     "GPU (pipeline.resources.learner 1 × 1000) but the cluster has"),
+    (lambda t: ["run", "examples/dp_continual.yaml", "--run-dir", str(t / "r"), "dp.workers=2",
+                "pipeline.resources.dp_worker.cpus=1000"], "CPU (pipeline.resources.dp_worker 2 × 1000)"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, case, fragment):
     import pathlib
