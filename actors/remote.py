@@ -12,6 +12,7 @@ actor reaches the caller as itself (one-line message).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import sys
@@ -186,14 +187,42 @@ def _submit_to_actor(actor, method, args, kwargs):
     return getattr(actor, method.__name__).remote(*args, **kwargs)
 
 
+#: alignplay's packages: shipped to every actor on a cluster the run joins (its nodes may run
+#: another version, or none)
+PACKAGES = ("framework", "actors", "games", "privacy")
+
+
+def code_paths(modules: list[str] | tuple[str, ...]) -> list[str]:
+    """The files or package directories of ``modules`` (top-level packages whole), leaving out what
+    is installed (site-packages, the standard library): what a node needs shipped to import them."""
+    out = []
+    for name in modules:
+        spec = importlib.util.find_spec(name.split(".")[0])
+        if spec is None or spec.origin in ("built-in", "frozen"):
+            continue
+        # a package's directory (a namespace package's first), else the module's file
+        path = list(spec.submodule_search_locations)[0] if spec.submodule_search_locations else spec.origin
+        if path is None or {"site-packages", "dist-packages"} & set(path.split(os.sep)) or \
+                path.startswith(sys.base_prefix):
+            continue
+        if path not in out:
+            out.append(path)
+    return out
+
+
 class RayCluster:
     """Roles as Ray actors: on the cluster at ``address`` (default ``$RAY_ADDRESS``), else on a Ray
     started on this machine with ``num_cpus`` (default: all); a Ray already initialised in this
     process is used as it is. ``placement_timeout``: how long to wait for a joined cluster (its
-    autoscaler, say) to hold the run's placement group; a Ray started here holds it or fails at once."""
+    autoscaler, say) to hold the run's placement group; a Ray started here holds it or fails at once.
+
+    Code reaches the actors through Ray's ``runtime_env``: ``modules`` (a user's judge, say) are
+    shipped unless installed, and on a joined cluster alignplay's own packages too — in the job's
+    runtime_env when this process starts or joins Ray (inside a ``ray job submit`` job it is merged
+    with the job's ``working_dir``), else uploaded for each actor."""
 
     def __init__(self, *, address: str | None = None, num_cpus: int | None = None, concurrent_roles: bool = False,
-                 placement_timeout: float = 300.0):
+                 placement_timeout: float = 300.0, modules: list[str] | tuple[str, ...] = ()):
         import ray
 
         self.ray = ray
@@ -201,10 +230,18 @@ class RayCluster:
         self.owns_ray = not ray.is_initialized()
         address = address or os.environ.get("RAY_ADDRESS") or None
         self.joined = address is not None or not self.owns_ray
+        code = code_paths([*modules, *(PACKAGES if self.joined else ())])
+        self.py_modules: list[str] = []  # what each actor's own runtime_env ships
         if self.owns_ray:
             # joining a cluster never sets its size; a Ray of our own gets num_cpus
             size = {} if address else {"num_cpus": num_cpus}
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False, **size)
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
+                     runtime_env={"py_modules": code} if code else None, **size)
+        elif code:  # a Ray started elsewhere in this process: per actor, by the URIs of the uploads
+            from ray._private.runtime_env.py_modules import upload_py_modules_if_needed
+
+            self.py_modules = upload_py_modules_if_needed({"py_modules": code}, include_gitignore=True,
+                                                          scratch_dir=os.getcwd())["py_modules"]
         self.placement_timeout = placement_timeout
         self.actors, self.groups = [], []
 
@@ -244,18 +281,18 @@ class RayCluster:
         """``cls(**kwargs)`` as an actor in ``slot`` (else anywhere, with ``cpus`` CPUs)."""
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        # Actors import what the driver can import (a user's judge module, say): same Python path.
-        env = {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))}
+        env: dict = {}
         if self.concurrent_roles and "OMP_WAIT_POLICY" not in os.environ:
             # Roles that run at the same time on shared cores: idle OpenMP threads must sleep, not
             # spin (spinning is faster when roles take turns, as in sync mode).
             env["OMP_WAIT_POLICY"] = "PASSIVE"
+        runtime_env = {"env_vars": env, **({"py_modules": self.py_modules} if self.py_modules else {})}
         options: dict = {"num_cpus": cpus}
         if slot is not None:
             options = {"num_cpus": slot.ask.cpus, "num_gpus": slot.ask.gpus, "resources": dict(slot.ask.resources)}
             if slot.group is not None:
                 options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(slot.group, slot.bundle)
-        actor = self.ray.remote(cls).options(runtime_env={"env_vars": env}, **options).remote(**kwargs)
+        actor = self.ray.remote(cls).options(runtime_env=runtime_env, **options).remote(**kwargs)
         if pin:
             # The CPU stand-in for separate GPUs: the actor's process may only run on these cores.
             self.ray.get(actor.__ray_call__.remote(lambda self_, cpus=pin: os.sched_setaffinity(0, cpus)))
@@ -319,9 +356,9 @@ def joins_a_cluster(address: str | None) -> bool:
 
 
 def make_cluster(*, use_ray: bool, address: str | None = None, num_cpus: int | None = None,
-                 concurrent_roles: bool = False, placement_timeout: float = 300.0):
+                 concurrent_roles: bool = False, placement_timeout: float = 300.0, modules: tuple[str, ...] = ()):
     """Ray actors, or everything in this process; ``concurrent_roles``: roles overlap in time."""
     if not use_ray:
         return LocalCluster()
     return RayCluster(address=address, num_cpus=num_cpus, concurrent_roles=concurrent_roles,
-                      placement_timeout=placement_timeout)
+                      placement_timeout=placement_timeout, modules=modules)

@@ -66,6 +66,11 @@ def custom_judge(*, target: str, task=None, **kwargs) -> Judge:
     return judge
 
 
+def judge_modules(kind: str, target: str | None) -> tuple[str, ...]:
+    """The user modules a judge needs importable where it runs (``custom``: its target's)."""
+    return (target.split(":", 1)[0],) if kind == "custom" and target else ()
+
+
 def build_judge(kind: str, *, task=None, target: str | None = None, kwargs: dict | None = None) -> Judge:
     if kind not in JUDGES:
         raise InputError(f"judge.kind: unknown judge {kind!r}; choose from {sorted(JUDGES)}")

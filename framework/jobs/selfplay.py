@@ -41,7 +41,7 @@ from framework.jobs.rundir import (append_metrics, preflight as check_run_dir, r
 from framework.jobs.warmstart import prepare_policy
 from framework.records import Comparison, Pair, Rollout, TrainBatch, write_parquet
 from games.demonstrations import demonstrations
-from games.judges import build_judge
+from games.judges import build_judge, judge_modules
 from games.tasks import Task, get_task
 
 #: What defines a self-play experiment: a resumed run must keep these as they were.
@@ -291,7 +291,8 @@ def run(cfg: Config, run_dir: Path, *, progress: bool = True) -> dict:
     plan = algo.plan(cfg.algo, source(cfg, task))
     policy_path = prepare_policy(cfg, task, progress=progress)
     cluster = make_cluster(use_ray=cfg.pipeline.ray, address=cfg.pipeline.address, num_cpus=cfg.pipeline.num_cpus,
-                           concurrent_roles=cfg.pipeline.mode == "async", placement_timeout=cfg.pipeline.placement_timeout)
+                           concurrent_roles=cfg.pipeline.mode == "async", placement_timeout=cfg.pipeline.placement_timeout,
+                           modules=judge_modules(cfg.judge.kind, cfg.judge.target))
     try:
         roles = build_roles(cfg, task, policy_path, cluster)
         loop_start = time.perf_counter()

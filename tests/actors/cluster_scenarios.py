@@ -11,6 +11,7 @@ prints ``node <role> <node>`` for every role it placed and exits non-zero on a f
 from __future__ import annotations
 
 import json
+import re
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -174,10 +175,55 @@ def more_gpus_than_the_cluster_has(run_dir: Path) -> None:
         assert not list_actors(), list_actors()  # no role was started
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def job_submit(run_dir: Path) -> None:
+    """``ray job submit`` for real, as the README's cluster section runs it: a Ray of this process
+    with a job server on 127.0.0.1 (``ray.shutdown()`` ends all it started), the repository as the
+    job's working_dir, a quick self-play run as the job."""
+    import os
+    import subprocess
+    import time
+
+    import ray
+
+    port = free_port()
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"  # `alignplay` for the job
+    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
+             log_to_driver=False, configure_logging=False)
+    try:
+        out = run_dir / "quickstart"
+        cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{port}",
+               "--working-dir", ".", "--", "alignplay", "run", "examples/quickstart.yaml", "--run-dir", str(out),
+               "quick=true", *SMALL, "train.iterations=4", "eval.every=4", "checkpoint.every=4"]
+        for attempt in range(6):  # a job server answers before its agent is up: "try again later"
+            res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                                 env=dict(os.environ, NO_COLOR="1", RAY_COLOR_PREFIX="0"))
+            if "No available agent" not in res.stderr:
+                break
+            time.sleep(5)
+        said = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in res.stdout.splitlines()]
+        succeeded = [line for line in said if re.search(r"Job '\S+' succeeded", line)]
+        print("\n".join(f"job {line.split(' -- ')[-1]}" for line in succeeded), flush=True)
+        assert res.returncode == 0 and succeeded, res.stdout[-3000:] + res.stderr[-3000:]
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert [r["iteration"] for r in rows] == [1, 2, 3, 4]
+        assert json.loads((out / "summary.json").read_text())["final"]["win_rate_vs_init"] is not None
+    finally:
+        ray.shutdown()
+
+
 def main(name: str, run_dir: str) -> None:
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     {"roles": roles_land_where_their_resources_say, "selfplay": selfplay_across_nodes,
-     "dp": dp_workers_across_nodes, "too_many_gpus": more_gpus_than_the_cluster_has}[name](Path(run_dir))
+     "dp": dp_workers_across_nodes, "too_many_gpus": more_gpus_than_the_cluster_has,
+     "job": job_submit}[name](Path(run_dir))
     print(json.dumps({"scenario": name, "ok": True}))
 
 

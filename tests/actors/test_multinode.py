@@ -16,7 +16,7 @@ def run_scenario(name: str, tmp_path: Path, cache_dir: Path, capsys) -> list[str
     env.pop("RAY_ADDRESS", None)
     res = subprocess.run([sys.executable, str(SCENARIOS), name, str(tmp_path / name)], capture_output=True, text=True,
                          env=env, timeout=900)
-    lines = [line for line in res.stdout.splitlines() if line.startswith(("node ", "error "))]
+    lines = [line for line in res.stdout.splitlines() if line.startswith(("node ", "error ", "job "))]
     with capsys.disabled():  # where each role ran, in the test log
         print("".join(f"\n  [{name}] {line}" for line in lines))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
@@ -41,3 +41,9 @@ def test_two_dp_workers_on_two_nodes(dp_model, cache_dir, tmp_path, capsys):
 def test_more_gpus_than_the_cluster_has_fails_before_any_role_starts(tiny_policy, cache_dir, tmp_path, capsys):
     (line,) = run_scenario("too_many_gpus", tmp_path, cache_dir, capsys)
     assert "pipeline.resources.learner" in line
+
+
+def test_ray_job_submit_runs_the_quickstart_with_the_repository_as_working_dir(tiny_policy, cache_dir, tmp_path,
+                                                                                capsys):
+    (line,) = run_scenario("job", tmp_path, cache_dir, capsys)
+    assert "succeeded" in line

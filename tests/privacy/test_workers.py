@@ -33,7 +33,7 @@ class Worker:
 def _workers(ray, **kwargs):
     from actors.remote import RayCluster
 
-    cluster = RayCluster()
+    cluster = RayCluster(modules=(__name__, "tests"))  # the actors import this module (Worker) and its helpers
     init = cluster.init_method()
     return cluster, [cluster.spawn(Worker, rank=r, world=2, init_method=init, **kwargs) for r in range(2)]
 
