@@ -24,13 +24,22 @@ SMALL = ["task.turns=2", "warm_start.steps=150", "train.conversations=6", "algo.
          "eval.conversations=4", "eval.final_conversations=6", "eval.samples=2"]
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @contextmanager
 def cluster(*nodes: dict):
-    """A head of 0 CPUs and one raylet per ``nodes`` entry (``add_node`` arguments)."""
+    """A head of 0 CPUs and one raylet per ``nodes`` entry (``add_node`` arguments). The head's
+    dashboard agent gets a free port, not the default one another Ray on this machine may hold."""
     import ray
     from ray.cluster_utils import Cluster
 
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "dashboard_agent_listen_port": free_port()})
     for node in nodes:
         c.add_node(**node)
     ray.init(address=c.address, log_to_driver=False, configure_logging=False)
@@ -175,28 +184,23 @@ def more_gpus_than_the_cluster_has(run_dir: Path) -> None:
         assert not list_actors(), list_actors()  # no role was started
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def job_submit(run_dir: Path) -> None:
-    """``ray job submit`` for real, as the README's cluster section runs it: a Ray of this process
-    with a job server on 127.0.0.1 (``ray.shutdown()`` ends all it started), the repository as the
-    job's working_dir, a quick self-play run as the job."""
+    """``ray job submit`` for real, as the README's cluster section runs it: a one-node Ray of this
+    process with a job server on 127.0.0.1, the repository as the job's working_dir, a quick
+    self-play run as the job. The head's dashboard agent listens on a free port: on its default
+    (52365) it would lose to any other Ray on this machine, such as the test session's own, and the
+    job server would answer "No available agent" for ever."""
     import os
     import subprocess
     import time
 
-    import ray
+    from ray.cluster_utils import Cluster
 
     port = free_port()
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"  # `alignplay` for the job
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
-             log_to_driver=False, configure_logging=False)
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 2, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port,
+        "dashboard_agent_listen_port": free_port()})
     try:
         out = run_dir / "quickstart"
         cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{port}",
@@ -216,7 +220,7 @@ def job_submit(run_dir: Path) -> None:
         assert [r["iteration"] for r in rows] == [1, 2, 3, 4]
         assert json.loads((out / "summary.json").read_text())["final"]["win_rate_vs_init"] is not None
     finally:
-        ray.shutdown()
+        cluster.shutdown()
 
 
 def main(name: str, run_dir: str) -> None:
