@@ -8,8 +8,9 @@ import json
 import torch
 
 from actors.backends import make_backend
+from actors.weight_sync import Manifest, WeightGroup
 from framework.errors import InputError
-from framework.models import answer_ids, load_policy
+from framework.models import accelerator, answer_ids, load_policy
 from framework.records import GenerationRequest, Rollout, Sample
 from games.conversation import Episode
 
@@ -23,16 +24,18 @@ class RolloutGenerator:
         generator_id: index of this generator (recorded with each rollout).
         max_new_tokens: response length cap.
         threads: torch intra-op threads for this process.
+        dtype: the policy's weights (``float32`` or ``bfloat16``), on the device Ray gave the role.
     """
 
     def __init__(self, *, model_path: str, backend: str = "hf", generator_id: int = 0,
-                 max_new_tokens: int = 8, threads: int = 1):
+                 max_new_tokens: int = 8, threads: int = 1, dtype: str = "float32"):
         torch.set_num_threads(threads)
-        model, self.tokenizer = load_policy(model_path)
+        model, self.tokenizer = load_policy(model_path, dtype=dtype)
         self.backend = make_backend(backend, model_path=model_path, model=model, tokenizer=self.tokenizer,
                                     max_new_tokens=max_new_tokens)
         self.generator_id = generator_id
         self.version = 0
+        self.weight_group: WeightGroup | None = None  # pipeline.weight_sync=broadcast
 
     def pad_id(self) -> int:
         return self.tokenizer.pad_token_id
@@ -45,8 +48,36 @@ class RolloutGenerator:
         """Load a published policy version; returns the version now held."""
         if version > self.version:
             self.backend.load_state_dict(state_dict)
+            if self.weight_group is not None:  # the broadcast's buffers hold what the engine holds
+                buffers, in_place = self.backend.receive_buffers()
+                if not in_place:
+                    for name, t in buffers.items():
+                        t.copy_(state_dict[name])
             self.version = version
         return self.version
+
+    # --- pipeline.weight_sync=broadcast (actors.weight_sync) ---------------------------------
+    def weight_manifest(self) -> Manifest:
+        """What this generator receives in a weight broadcast."""
+        return Manifest.of(self.backend.receive_buffers()[0])
+
+    def join_weight_group(self, address: str, rank: int, world_size: int) -> None:
+        """Join learner rank 0's broadcast group (returns once every member has joined)."""
+        self.weight_group = WeightGroup(address, rank=rank, world_size=world_size, device=accelerator())
+
+    def receive_weights(self, version: int) -> int:
+        """Take part in one weight broadcast of policy ``version``; returns the version now held."""
+        buffers, in_place = self.backend.receive_buffers()
+        self.weight_group.broadcast(buffers.values())
+        if not in_place:
+            self.backend.load_state_dict(buffers)
+        self.version = max(self.version, version)
+        return self.version
+
+    def weights(self) -> dict:
+        """The policy this generator holds, in host memory (a checkpoint mid-way through a round
+        saves it when the weights reached the generators by broadcast)."""
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.backend.receive_buffers()[0].items()}
 
     def encode(self, messages: list[dict]) -> list[int]:
         return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,

@@ -2,7 +2,8 @@
 group of them Ray actors sharing a torch.distributed process group: gloo on CPU, NCCL on GPU).
 
 The learner holds the policy, its optimizer, the frozen starting policy and whatever models an
-algorithm trains beside the policy; how a batch is trained on is the algorithm's ``update`` hook
+algorithm trains beside the policy, all on the device Ray gave it (``framework.models.accelerator``:
+its GPU, else the CPU); how a batch is trained on is the algorithm's ``update`` hook
 (``framework.algorithms.hooks``), which uses the services below (``logp``, ``step``,
 ``reference_logp``, ``auxiliary``).
 """
@@ -18,10 +19,11 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
+from actors.weight_sync import Manifest, WeightGroup
 from framework.algorithms.registry import get_algorithm
 from framework.checkpoint import load_optimizer, save_optimizer
 from framework.losses import sequence_logprob, sft_loss, token_logprobs
-from framework.models import load_policy, load_reference
+from framework.models import accelerator, autocast, load_policy, load_reference
 from framework.records import TrainBatch
 
 
@@ -35,23 +37,28 @@ class Learner:
         lr, weight_decay: AdamW settings (``train`` may set each update's lr).
         threads: torch intra-op threads for this worker.
         seed: torch seed (dropout-free models make updates deterministic anyway).
+        dtype: ``float32``, or ``bfloat16`` forward passes under autocast (weights and optimizer
+            state stay float32).
     """
 
     def __init__(self, *, model_path: str, rank: int = 0, world_size: int = 1, init_method: str | None = None,
-                 lr: float = 1e-3, weight_decay: float = 0.0, threads: int = 1, seed: int = 0):
+                 lr: float = 1e-3, weight_decay: float = 0.0, threads: int = 1, seed: int = 0, dtype: str = "float32"):
         torch.set_num_threads(threads)
         torch.manual_seed(seed)
         self.rank, self.world_size = rank, world_size
+        self.device, self.dtype = accelerator(), dtype
         model, self.tokenizer = load_policy(model_path)
-        self.module = model.train()
+        self.module = model.to(self.device).train()
         if world_size > 1:
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
-            dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size)
-            self.model = torch.nn.parallel.DistributedDataParallel(model)
+            cuda = self.device.type == "cuda"
+            dist.init_process_group("nccl" if cuda else "gloo", init_method=init_method, rank=rank, world_size=world_size)
+            self.model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[self.device.index] if cuda else None)
         else:
             self.model = model
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
         self.version = 0
+        self.weight_group: WeightGroup | None = None  # pipeline.weight_sync=broadcast: rank 0 hosts it
+        self.manifest: Manifest | None = None
         self.model_path, self.lr = model_path, lr
         self.reference = None  # the frozen starting policy (KL penalties), loaded on first use
         self.aux: dict[str, tuple] = {}  # name → (module, optimizer) an algorithm trains beside the policy
@@ -60,7 +67,9 @@ class Learner:
     # --- services of the update hooks ------------------------------------------------------
     def logp(self, batch: TrainBatch, model=None) -> torch.Tensor:
         """(B,) log-probs of the responses under ``model`` (default: the trained policy)."""
-        logits = (model or self.model)(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        batch = batch.to(self.device)
+        with autocast(self.device, self.dtype):
+            logits = (model or self.model)(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
         return sequence_logprob(token_logp=token_logprobs(logits=logits, input_ids=batch.input_ids),
                                 mask=batch.response_mask)
 
@@ -77,7 +86,7 @@ class Learner:
     def reference_logp(self, batch: TrainBatch) -> torch.Tensor:
         """(B,) log-probs under the frozen starting policy (the reference of KL penalties)."""
         if self.reference is None:
-            self.reference = load_reference(self.model_path)
+            self.reference = load_reference(self.model_path, dtype=self.dtype, device=self.device)
         return self.logp(batch, self.reference)
 
     def auxiliary(self, name: str, build: Callable[[], tuple]) -> tuple:
@@ -106,22 +115,35 @@ class Learner:
         algo = get_algorithm(algorithm)
         if kl_coef and "kl_coef" not in algo.accepts:
             raise ValueError(f"{algorithm} has no KL penalty (kl_coef)")
-        out = algo.update(self, batch, loss=algo.loss, eta=eta, tau=tau, link=link, kl_coef=kl_coef, epochs=epochs,
+        out = algo.update(self, batch.to(self.device), loss=algo.loss, eta=eta, tau=tau, link=link, kl_coef=kl_coef, epochs=epochs,
                           minibatches=minibatches)
         self.version += 1
         return {**out, "version": self.version, "train_seconds": time.perf_counter() - start}
 
     def sft_step(self, batch: TrainBatch) -> float:
         """One supervised step on demonstrations (the warm start); returns the loss."""
-        logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        batch = batch.to(self.device)
+        with autocast(self.device, self.dtype):
+            logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
         loss = sft_loss(token_logp=token_logprobs(logits=logits, input_ids=batch.input_ids),
                         mask=batch.response_mask).mean()
         self.step(loss)
         return float(loss.detach())
 
     def weights(self) -> dict:
-        """The current weights for the generators (a detached copy)."""
-        return {k: v.detach().clone() for k, v in self.module.state_dict().items()}
+        """The current weights for the generators (a detached copy, in host memory)."""
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.module.state_dict().items()}
+
+    def join_weight_group(self, address: str, world_size: int, manifest: Manifest) -> None:
+        """Host the weight-broadcast group at ``address`` as its rank 0 (``pipeline.weight_sync=broadcast``);
+        ``manifest``: what the generators receive."""
+        self.weight_group = WeightGroup(address, rank=0, world_size=world_size, device=self.device)
+        self.manifest = manifest
+
+    def broadcast_weights(self) -> int:
+        """Send the current weights to every generator of the group; returns the version sent."""
+        self.weight_group.send(self.module.state_dict(), self.manifest)
+        return self.version
 
     def save(self, directory: str) -> None:
         """Policy (safetensors, loadable with from_pretrained), optimizer state and the auxiliary
@@ -143,6 +165,6 @@ class Learner:
     def load(self, directory: str, version: int) -> None:
         directory = Path(directory)
         self.module.load_state_dict(load_file(str(directory / "policy" / "model.safetensors")))
-        load_optimizer(self.optimizer, directory)
+        load_optimizer(self.optimizer, directory)  # (the optimizer moves the state to the parameters' device)
         self.checkpoint, self.aux = directory, {}
         self.version = version

@@ -28,7 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 from framework.algorithms.registry import algorithm_names, get_algorithm, implementing
 from framework.algorithms.tabular import TABULAR_ALGOS
 from framework.errors import ConfigError, InputError
-from framework.models import TinyModelSpec
+from framework.models import DTYPES, TinyModelSpec
 
 #: The values of ``job:`` (each is a file of ``framework/jobs/``, registered in ``framework.jobs.JOBS``).
 JOB_NAMES = ("selfplay", "compare", "compare_irl", "dp", "compare_dp", "lab")
@@ -79,10 +79,17 @@ class ModelConfig:
     """Sizes of the tiny model (used when ``path`` is empty)."""
     max_new_tokens: int = 8
     """Response length cap (tokens)."""
+    dtype: str = "float32"
+    """What the self-play roles compute in, on the device Ray gave them (a GPU, else the CPU):
+    ``float32``, or ``bfloat16`` — learners keep float32 weights and optimizer state and run their
+    forward passes under autocast, generators and the reference hold bfloat16 weights. The warm
+    start and DP training stay in float32."""
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
             raise ConfigError("max_new_tokens", f"must be ≥ 1, got {self.max_new_tokens}")
+        if self.dtype not in DTYPES:
+            raise ConfigError("dtype", f"must be one of {DTYPES}, got {self.dtype!r}")
 
 
 @dataclass(frozen=True)
@@ -259,6 +266,7 @@ class JudgeConfig:
             raise ConfigError("retries", f"must be ≥ 0, got {self.retries}")
 
 
+WEIGHT_SYNCS = ("object_store", "broadcast")
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
 
@@ -334,9 +342,18 @@ class PipelineConfig:
     placement_timeout: float = 300.0
     """Seconds to wait for a joined cluster (its autoscaler, say) to hold the run's placement group
     before failing; a Ray started for the run holds it or fails at once."""
+    weight_sync: str = "object_store"
+    """How each published policy version reaches the generators: ``object_store`` (learner rank 0
+    puts one copy in Ray's object store, each generator reads it) or ``broadcast`` (a collective
+    from learner rank 0 into the generators: gloo on CPU, NCCL on GPU; bench/weight_sync.py)."""
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
 
     def __post_init__(self):
+        if self.weight_sync not in WEIGHT_SYNCS:
+            raise ConfigError("weight_sync", f"must be one of {WEIGHT_SYNCS}, got {self.weight_sync!r}")
+        if self.weight_sync == "broadcast" and not self.ray:
+            raise ConfigError("weight_sync", "broadcast needs pipeline.ray=true (roles in one process "
+                              "cannot meet in a collective)")
         if self.mode not in ("sync", "async"):
             raise ConfigError("mode", f"must be 'sync' or 'async', got {self.mode!r}")
         if self.backend not in ("auto", "hf", "vllm"):
@@ -527,8 +544,8 @@ class DPConfig:
     threads: int = 2
     """torch threads of each DP worker."""
     workers: int = 1
-    """Data-parallel DP workers (Ray actors in one gloo group): each owns a shard of the private
-    data and clips its own examples; the noise is added once per logical step."""
+    """Data-parallel DP workers (Ray actors in one process group: gloo on CPUs, NCCL on GPUs): each
+    owns a shard of the private data and clips its own examples; the noise is added once per step."""
     corpus: DPCorpusConfig = field(default_factory=DPCorpusConfig)
 
     def __post_init__(self):

@@ -2,6 +2,7 @@
 
 ``load_policy`` loads any Hugging Face causal LM and tokenizer from a local directory or a hub
 id; ``load_reference`` the same model frozen; ``load_reward_model`` a scalar-reward head on it.
+``accelerator`` is the device a role computes on and ``autocast`` its mixed precision.
 ``build_tiny_model`` makes a small Llama from a config with random init and a byte-level
 BPE tokenizer trained locally with ``tokenizers`` — untied embeddings (DP ghost clipping needs
 them), head dim 32 (vLLM's CPU attention needs ≥ 32) — and a chat template. It is deterministic
@@ -10,6 +11,7 @@ in its arguments and cached on disk under a hash of them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -17,6 +19,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from framework.errors import ConfigError, InputError
+
+#: what the roles may compute in (``model.dtype``)
+DTYPES = ("float32", "bfloat16")
 
 # Markers of the tiny models' chat format; the template renders
 #   <|user|>3+4<|assistant|>7!<|end|><|user|>+2<|assistant|>9.<|end|> ...
@@ -156,11 +161,30 @@ def load_policy(path: str | Path, *, dtype: str = "float32"):
     return model, tokenizer
 
 
-def load_reference(path: str | Path):
+def accelerator():
+    """The device this process computes on: its first visible GPU — Ray makes a role's GPUs the
+    visible ones, and none for a role without — else the CPU."""
+    import torch
+
+    return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def autocast(device, dtype: str):
+    """Mixed precision for forward passes in ``dtype`` on ``device`` (none for float32)."""
+    import torch
+
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=getattr(torch, dtype))
+
+
+def load_reference(path: str | Path, *, dtype: str = "float32", device=None):
     """The causal LM at ``path``, frozen and in eval mode (the reference of a KL penalty)."""
+    import torch
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(str(path)).eval().requires_grad_(False)
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype))
+    return model.to(device or "cpu").eval().requires_grad_(False)
 
 
 def load_reward_model(path: str | Path, *, pad_token_id: int):

@@ -138,6 +138,10 @@ class TrainBatch:
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
+    def to(self, device) -> "TrainBatch":
+        """The same batch on ``device`` (itself where it is already there)."""
+        return TrainBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
     def rows(self, index) -> "TrainBatch":
         return TrainBatch(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 

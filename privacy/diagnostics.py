@@ -37,7 +37,7 @@ def curvature_diagnostics(loss_fn, params: list[torch.Tensor], *, noise_multipli
     gthg = float(sum((g * h).sum() for g, h in zip(grads, hg)))
     traces = []
     for _ in range(probes):
-        v = [torch.randint(0, 2, p.shape, generator=generator, dtype=p.dtype) * 2 - 1 for p in params]
+        v = [(torch.randint(0, 2, p.shape, generator=generator, dtype=p.dtype) * 2 - 1).to(p.device) for p in params]
         _, hv = _hvp(loss_fn, params, v)
         traces.append(float(sum((a * b).sum() for a, b in zip(v, hv))))
     tr_h = sum(traces) / len(traces)

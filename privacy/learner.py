@@ -37,7 +37,7 @@ from framework.checkpoint import load_optimizer, save_optimizer
 from framework.config import DP_METHODS
 from framework.errors import InputError
 from framework.losses import lm_loss
-from framework.models import load_policy
+from framework.models import accelerator, load_policy
 from privacy import corpus as corpus_lib
 from privacy.accounting import Budget, epsilon, noise_multiplier_for
 from privacy.audit import audit
@@ -59,9 +59,11 @@ class DPLearner:
         self.spec = DP_METHODS[method]
         torch.set_num_threads(threads)
         self.rank, self.workers = rank, workers
-        if workers > 1:  # data-parallel DP workers: one gloo group, the noise added once (rank 0)
+        self.device = accelerator()  # the model and each batch; the data stay in host memory
+        if workers > 1:  # data-parallel DP workers: one group (NCCL on GPUs, gloo on CPUs), the noise added once
             if not dist.is_initialized():
-                dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=workers)
+                dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo", init_method=init_method,
+                                        rank=rank, world_size=workers)
         torch.manual_seed(seed)
         self.method, self.seed = method, seed
         self.batch_size, self.physical_batch = batch_size, physical_batch or None
@@ -71,6 +73,7 @@ class DPLearner:
         self.eval_sequences, self.diag_batch, self.probes = eval_sequences, diag_batch, hutchinson_probes
 
         self.model, self.tokenizer = load_policy(model_path)
+        self.model.to(self.device)
         if self.model.config.max_position_embeddings < seq_len:
             raise InputError(f"dp.corpus.seq_len={seq_len} exceeds the model's "
                              f"max_position_embeddings={self.model.config.max_position_embeddings}")
@@ -108,7 +111,7 @@ class DPLearner:
         self.private_lr = private_lr if private_lr is not None else lr
         self.sampler = torch.Generator().manual_seed(seed * 7919 + 1 + 1000 * rank)  # this shard's Poisson draws
         self.shared = torch.Generator().manual_seed(seed * 7919 + 3)  # global batches, the same on every worker
-        self.noise = torch.Generator().manual_seed(seed * 7919 + 2)
+        self.noise = torch.Generator(device=self.device).manual_seed(seed * 7919 + 2)  # where the noise is drawn
         self.engine = None
         self.phase = self.spec.phases[0]
         self.step_count = 0      # optimizer steps taken
@@ -206,6 +209,7 @@ class DPLearner:
         batch, self._batch = self._batch, None
         if batch is None:
             raise RuntimeError("update() without sample()")
+        batch = batch.to(self.device)
         self.step_count += 1
         if self.phase == "private":
             if self.spec.public_weight:
@@ -263,7 +267,7 @@ class DPLearner:
         params = self.engine.params
         private = [p.grad for p in params]
         with self.engine.paused():  # a public gradient needs no per-sample work
-            pub = self._public_batch
+            pub = self._public_batch.to(self.device)
             public = torch.autograd.grad(lm_loss(logits=self.model(input_ids=pub).logits, input_ids=pub).mean(),
                                          params)
             if self.workers > 1:
@@ -295,7 +299,8 @@ class DPLearner:
     def _mean_loss(self, data: torch.Tensor, chunk: int = 64) -> torch.Tensor:
         """Per-sequence losses, (N,)."""
         self.model.eval()
-        out = [lm_loss(logits=self.model(input_ids=x).logits, input_ids=x) for x in torch.split(data, chunk)]
+        out = [lm_loss(logits=self.model(input_ids=x.to(self.device)).logits, input_ids=x.to(self.device)).cpu()
+               for x in torch.split(data, chunk)]
         return torch.cat(out) if out else torch.zeros(0)
 
     def evaluate(self, *, diagnostics: bool = False) -> dict:
@@ -311,7 +316,7 @@ class DPLearner:
     def diagnostics(self) -> dict:
         g = torch.Generator().manual_seed(self.seed + 17 + self.step_count)
         idx = torch.randperm(len(self.eval_data), generator=g)[: self.diag_batch]
-        batch = self.eval_data[idx]
+        batch = self.eval_data[idx].to(self.device)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.model.eval()
         paused = self.engine.paused() if self.engine is not None else contextlib.nullcontext()

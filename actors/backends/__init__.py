@@ -10,6 +10,7 @@ import torch
 from actors.backends.hf import HFBackend
 from actors.backends.vllm import VLLMBackend
 from framework.errors import InputError
+from framework.models import accelerator
 from framework.records import Sample
 
 
@@ -20,6 +21,10 @@ class GenerationBackend(Protocol):
     def load_state_dict(self, state_dict: dict) -> None:
         """Replace the policy weights (same architecture)."""
 
+    def receive_buffers(self) -> tuple[dict, bool]:
+        """Tensors a weight broadcast is received into, in the policy's names, shapes and dtypes,
+        on this role's device, and whether they are the policy's own (no load needed after)."""
+
     def score(self, prompts: list[list[int]], responses: list[list[int]]) -> list[list[float]]:
         """log π of each given response token (teacher forcing); optional (demonstration methods)."""
 
@@ -29,8 +34,8 @@ def make_backend(name: str, *, model_path: str, model, tokenizer, max_new_tokens
     ``model_path`` into its own engine, in the model's dtype)."""
     if name == "auto":  # the faster backend for this device (bench/generation.py; README)
         name = "vllm" if torch.cuda.is_available() and importlib.util.find_spec("vllm") else "hf"
-    if name == "hf":
-        return HFBackend(model=model, tokenizer=tokenizer, max_new_tokens=max_new_tokens)
+    if name == "hf":  # on the device Ray gave the role (vLLM finds it itself)
+        return HFBackend(model=model.to(accelerator()), tokenizer=tokenizer, max_new_tokens=max_new_tokens)
     if name == "vllm":
         try:
             import vllm  # noqa: F401  (the engine itself is made by VLLMBackend)

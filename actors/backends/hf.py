@@ -20,10 +20,14 @@ class HFBackend:
     def load_state_dict(self, state_dict: dict) -> None:
         self.model.load_state_dict(state_dict)
 
+    def receive_buffers(self) -> tuple[dict, bool]:
+        """The model's own tensors: a broadcast lands in the policy in place."""
+        return self.model.state_dict(), True
+
     @torch.no_grad()
     def score(self, prompts: list[list[int]], responses: list[list[int]]) -> list[list[float]]:
         """log π of each given response token (teacher forcing), e.g. of a demonstration."""
-        batch = collate(prompts, responses, pad_id=self.tokenizer.pad_token_id)
+        batch = collate(prompts, responses, pad_id=self.tokenizer.pad_token_id).to(self.model.device)
         logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
         logp = token_logprobs(logits=logits, input_ids=batch.input_ids)
         return [logp[i, len(p):len(p) + len(r)].tolist() for i, (p, r) in enumerate(zip(prompts, responses))]
@@ -38,6 +42,7 @@ class HFBackend:
         for i, p in enumerate(rows):  # left padding: every prompt ends at the same column
             input_ids[i, width - len(p):] = torch.tensor(p)
             attention[i, width - len(p):] = 1
+        input_ids, attention = input_ids.to(self.model.device), attention.to(self.model.device)
         torch.manual_seed(seed)
         out = self.model.generate(
             input_ids=input_ids, attention_mask=attention, do_sample=True, temperature=1.0,
@@ -48,9 +53,7 @@ class HFBackend:
         logp = torch.log_softmax(torch.stack(out.logits, dim=1).float(), dim=-1)  # (N, R, V)
         picked = logp.gather(-1, new[:, :, None]).squeeze(-1)
         samples = []
-        for i in range(len(rows)):
-            ids = new[i].tolist()
+        for ids, logps in zip(new.tolist(), picked.tolist()):  # one copy off the device
             end = ids.index(tok.eos_token_id) + 1 if tok.eos_token_id in ids else len(ids)
-            samples.append(Sample(ids[:end], picked[i, :end].tolist(),
-                                  tok.decode(ids[:end], skip_special_tokens=True)))
+            samples.append(Sample(ids[:end], logps[:end], tok.decode(ids[:end], skip_special_tokens=True)))
         return [samples[j * k:(j + 1) * k] for j in range(len(prompts))]

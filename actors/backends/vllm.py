@@ -62,6 +62,8 @@ class VLLMBackend:
 
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
+        self.model_path, self.dtype = str(model_path), dtype
+        self.buffers: dict | None = None
         on_cpu = not torch.cuda.is_available()
         self.llm = LLM(
             model=str(model_path), dtype=dtype, seed=0, gpu_memory_utilization=gpu_memory_utilization,
@@ -74,6 +76,16 @@ class VLLMBackend:
             generation_config="vllm", logprobs_mode="raw_logprobs",
             worker_extension_cls=f"{__name__}.WeightLoader",
         )
+
+    def receive_buffers(self) -> tuple[dict, bool]:
+        """Hugging Face-named tensors beside the engine (the starting policy until a broadcast
+        fills them), handed to ``load_state_dict`` after each broadcast."""
+        if self.buffers is None:
+            from framework.models import accelerator, load_policy
+
+            model = load_policy(self.model_path, dtype=self.dtype)[0]
+            self.buffers = {k: v.detach().to(accelerator()) for k, v in model.state_dict().items()}
+        return self.buffers, False
 
     def load_state_dict(self, state_dict: dict) -> None:
         from safetensors.torch import save

@@ -92,6 +92,7 @@ class Trainer(Protocol):
     model_path: str  # the starting policy
     tokenizer: Any
     lr: float  # the learning rate the learner was made with
+    device: Any  # where it computes (models it trains beside the policy go there too)
 
     def logp(self, batch: TrainBatch, model=None) -> torch.Tensor:
         """(B,) log-probs of the responses under ``model`` (default: the trained policy)."""

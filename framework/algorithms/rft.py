@@ -39,7 +39,7 @@ def demonstration_and_answers(rollouts: list[Rollout], comparisons: list[Compari
 
 def reward_model(trainer: Trainer) -> tuple:
     """The reward model, from the starting policy, and its AdamW (the learner's learning rate)."""
-    rm = load_reward_model(trainer.model_path, pad_token_id=trainer.tokenizer.pad_token_id)
+    rm = load_reward_model(trainer.model_path, pad_token_id=trainer.tokenizer.pad_token_id).to(trainer.device)
     return rm.train(), torch.optim.AdamW(rm.parameters(), lr=trainer.lr)
 
 

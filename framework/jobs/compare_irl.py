@@ -56,7 +56,8 @@ def implicit_reward_accuracy(cfg: Config, policy: str, init: str, *, conversatio
     if not task.heldout_answers:
         return float("nan")
     pairs = task.heldout_demonstrations(conversations, seed)
-    make = dict(backend="hf", max_new_tokens=cfg.model.max_new_tokens, threads=os.cpu_count() or 1)
+    make = dict(backend="hf", max_new_tokens=cfg.model.max_new_tokens, threads=os.cpu_count() or 1,
+                dtype=cfg.model.dtype)
     final, start = RolloutGenerator(model_path=policy, **make), RolloutGenerator(model_path=init, **make)
     states, right = [s for s, _ in pairs], [a for _, a in pairs]
     own = [group[0].text for group in start.sample(states, k=1, seed=seed)]

@@ -47,7 +47,8 @@ def evaluate_policy(cfg: Config, policy: str, reference: str, *, conversations: 
     held-out conversations of the config's task, with its judge."""
     task = get_task(**dataclasses.asdict(cfg.task))
     cluster = make_cluster(use_ray=False)
-    make = dict(backend="hf", max_new_tokens=cfg.model.max_new_tokens, threads=os.cpu_count() or 1)
+    make = dict(backend="hf", max_new_tokens=cfg.model.max_new_tokens, threads=os.cpu_count() or 1,
+                dtype=cfg.model.dtype)
     current = cluster.spawn(RolloutGenerator, model_path=policy, generator_id=0, **make)
     ref = cluster.spawn(RolloutGenerator, model_path=reference, generator_id=-1, **make)
     judge = cluster.spawn(PreferenceJudge, kind=cfg.judge.kind, task=task, target=cfg.judge.target,

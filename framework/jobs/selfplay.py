@@ -69,6 +69,7 @@ class Roles:
     judge: Handle[PreferenceJudge]
     learners: list[Handle[Learner]]
     pad_id: int
+    weight_sync: str = "object_store"  # pipeline.weight_sync
 
 
 @dataclass
@@ -146,21 +147,37 @@ def build_roles(cfg: Config, task: Task, policy_path: str, cluster) -> Roles:
         cores = list(range(n_cpu))  # generators on the first cores, learners on the rest
         pin_gen = [cores[: max(1, n_cpu - p.learners)]] * p.generators
         pin_learn = [[cores[-1 - i % max(1, n_cpu - 1)]] for i in range(p.learners)]
+    # rendezvous on learner 0's node, found before its bundle is taken
     init_method = cluster.init_method(slots["learner 0"]) if p.learners > 1 else None
+    weights_at = None
+    while p.weight_sync == "broadcast" and weights_at in (None, init_method):  # (two probes may find one port)
+        weights_at = cluster.init_method(slots["learner 0"])
     learners = [cluster.spawn(Learner, slot=slots[f"learner {i}"], pin=pin_learn[i] if pin_learn else None,
                               model_path=policy_path, rank=i, world_size=p.learners, init_method=init_method,
-                              lr=cfg.algo.lr, threads=p.learner_threads, seed=cfg.seed)
+                              lr=cfg.algo.lr, threads=p.learner_threads, seed=cfg.seed, dtype=cfg.model.dtype)
                 for i in range(p.learners)]
     generators = [cluster.spawn(RolloutGenerator, slot=slots[f"generator {i}"], pin=pin_gen[i] if pin_gen else None,
                                 model_path=policy_path, backend=p.backend, generator_id=i,
-                                max_new_tokens=cfg.model.max_new_tokens, threads=p.generator_threads)
+                                max_new_tokens=cfg.model.max_new_tokens, threads=p.generator_threads,
+                                dtype=cfg.model.dtype)
                   for i in range(p.generators)]
     reference = cluster.spawn(RolloutGenerator, slot=slots["reference"], model_path=policy_path, backend=p.backend,
-                              generator_id=-1, max_new_tokens=cfg.model.max_new_tokens, threads=1)
+                              generator_id=-1, max_new_tokens=cfg.model.max_new_tokens, threads=1,
+                              dtype=cfg.model.dtype)
     judge = cluster.spawn(PreferenceJudge, slot=slots["judge"], kind=cfg.judge.kind, task=task,
                           target=cfg.judge.target, kwargs=dict(cfg.judge.kwargs), retries=cfg.judge.retries)
     pad_id = cluster.get(generators[0].call(RolloutGenerator.pad_id))
-    return Roles(cluster, generators, reference, judge, learners, pad_id)
+    if p.weight_sync == "broadcast":
+        connect_weights(cluster, weights_at, learners[0], generators)
+    return Roles(cluster, generators, reference, judge, learners, pad_id, p.weight_sync)
+
+
+def connect_weights(cluster, address: str, learner: Handle[Learner], generators: list[Handle[RolloutGenerator]]) -> None:
+    """One weight-broadcast group: learner rank 0 (hosting it at ``address``) and the generators."""
+    manifest = cluster.get(generators[0].call(RolloutGenerator.weight_manifest))
+    world = 1 + len(generators)
+    cluster.get([learner.call(Learner.join_weight_group, address, world, manifest),
+                 *[g.call(RolloutGenerator.join_weight_group, address, 1 + i, world) for i, g in enumerate(generators)]])
 
 
 # --- stages ------------------------------------------------------------------------------------
@@ -209,10 +226,16 @@ def update(roles: Roles, batch: TrainBatch, settings: AlgoConfig, lr: float) -> 
 
 
 def sync_weights(roles: Roles, version: int, wait: bool) -> tuple:
-    """Learner rank 0 → object store → every generator (one copy in the store per version);
-    returns (version, weights future): what the generators hold from now on."""
-    weights = roles.learners[0].call(Learner.weights)
-    done = [g.call(RolloutGenerator.set_weights, version, weights) for g in roles.generators]
+    """Learner rank 0 → every generator, through the object store (one copy in the store per
+    version) or a broadcast; returns (version, weights future or None): what the generators hold
+    from now on."""
+    if roles.weight_sync == "broadcast":
+        weights = None
+        done = [g.call(RolloutGenerator.receive_weights, version) for g in roles.generators]
+        done.append(roles.learners[0].call(Learner.broadcast_weights))
+    else:
+        weights = roles.learners[0].call(Learner.weights)
+        done = [g.call(RolloutGenerator.set_weights, version, weights) for g in roles.generators]
     if wait:
         roles.cluster.get(done)
     return version, weights
@@ -227,8 +250,10 @@ def save_checkpoint(roles: Roles, run_dir: Path, state: RunState, iteration: int
     def save(directory: Path) -> None:
         roles.cluster.get(roles.learners[0].call(Learner.save, str(directory)))
         state.memory.save(directory)
-        if state.held[0] != state.version and state.held[1] is not None:
-            held = state.held[1] if isinstance(state.held[1], dict) else roles.cluster.get(state.held[1])
+        if state.held[0] != state.version and (state.held[1] is not None or roles.weight_sync == "broadcast"):
+            # (a broadcast left no copy in the store: generator 0 has what it received)
+            held = state.held[1] if state.held[1] is not None else roles.generators[0].call(RolloutGenerator.weights)
+            held = held if isinstance(held, dict) else roles.cluster.get(held)
             save_file({k: v.contiguous() for k, v in held.items()}, str(directory / "generator.safetensors"))
 
     extra = {"generator_version": state.held[0]} if state.held[0] != state.version else {}

@@ -152,7 +152,7 @@ class BookKeepingEngine:
     def _per_layer(self, chunk: torch.Tensor):
         """One forward/backward; per-sample squared norms (B,) and what the clipped sum needs."""
         self._acts.clear()
-        self._sq = torch.zeros(len(chunk), dtype=torch.float32)
+        self._sq = torch.zeros(len(chunk), dtype=torch.float32, device=chunk.device)
         self._parts = []
         self.model.train()
         try:

@@ -54,3 +54,11 @@ def test_generator_runs_as_a_ray_actor(ray_session, tiny_policy, task):
     finally:
         cluster.shutdown()
     assert ray_session.is_initialized()  # the cluster did not own Ray, so it left it running
+
+
+def test_a_bfloat16_generator_samples_with_its_weights_in_bfloat16(tiny_policy, task):
+    gen = RolloutGenerator(model_path=tiny_policy, dtype="bfloat16")
+    assert next(gen.backend.model.parameters()).dtype == torch.bfloat16
+    rollouts = gen.rollout(task.episodes("train", 3, seed=1), k=2, iteration=0, seed=4)
+    assert len(rollouts) == 3 * task.turns * 2 and all(len(r.response_logprobs) == len(r.response_ids) for r in rollouts)
+    assert all(lp <= 0 for r in rollouts for lp in r.response_logprobs)

@@ -92,3 +92,18 @@ def test_two_data_parallel_workers_equal_one_full_batch_step(ray_session, tiny_p
     for k, v in single.weights().items():
         torch.testing.assert_close(w0[k], w1[k])  # replicas stay identical
         torch.testing.assert_close(w0[k], v, atol=1e-5, rtol=1e-4)
+
+
+def test_a_bfloat16_learner_keeps_float32_weights_and_still_moves_toward_the_target(tiny_policy, task):
+    """model.dtype=bfloat16: forward passes under autocast (here the CPU's), weights and Adam's
+    state in float32; the update still correlates ρ with its target."""
+    learner = Learner(model_path=tiny_policy, lr=3e-3, dtype="bfloat16")
+    assert learner.device.type in ("cpu", "cuda")
+    batch = _batch(task, learner)
+    learner.train(batch, algorithm="mpo", eta=2.0, epochs=8, minibatches=1)
+    assert all(p.dtype == torch.float32 for p in learner.module.parameters())
+    assert all(v.dtype == torch.float32 for state in learner.optimizer.state.values() for v in state.values()
+               if torch.is_tensor(v) and v.dim() > 0)
+    with torch.no_grad():
+        rho = learner.logp(batch).float().cpu() - batch.logp_old
+    assert torch.corrcoef(torch.stack([rho, 2.0 * (batch.q_hat - 0.5)]))[0, 1] > 0.5
