@@ -3,6 +3,7 @@
 import json
 
 import pyarrow.parquet as pq
+import pytest
 
 from framework.config import load_config
 from framework.jobs.selfplay import run as run_selfplay
@@ -11,9 +12,13 @@ SMALL = ["task.turns=2", "warm_start.steps=150", "train.conversations=6", "algo.
          "eval.conversations=4", "eval.final_conversations=6", "eval.samples=2"]
 
 
-def test_sync_mpo_run_with_vllm_generators(ray_session, tiny_policy, cache_dir, tmp_path):
+@pytest.mark.parametrize("weight_sync", ["object_store", "broadcast"])
+def test_sync_mpo_run_with_vllm_generators(ray_session, tiny_policy, cache_dir, tmp_path, weight_sync):
+    """Either way the weights travel (a broadcast lands in buffers beside the engine, which then
+    reloads them in place), the engine samples with each new version."""
     cfg = load_config(None, [f"cache_dir={cache_dir}", *SMALL, "train.iterations=3", "eval.every=3",
-                             "checkpoint.every=3", "pipeline.mode=sync", "pipeline.backend=vllm"])
+                             "checkpoint.every=3", "pipeline.mode=sync", "pipeline.backend=vllm",
+                             f"pipeline.weight_sync={weight_sync}"])
     summary = run_selfplay(cfg, tmp_path, progress=False)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [1, 2, 3]
