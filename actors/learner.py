@@ -1,5 +1,7 @@
 """``Learner``: one data-parallel training worker (a plain class; ``actors.remote`` makes a
-group of them Ray actors sharing a torch.distributed process group: gloo on CPU, NCCL on GPU).
+group of them Ray actors sharing a torch.distributed process group: gloo on CPU, NCCL on GPU),
+replicated (``ddp``: DistributedDataParallel) or sharded (``fsdp``: FSDP2's ``fully_shard`` per
+transformer block, each rank holding 1/N of the weights, gradients and Adam state).
 
 The learner holds the policy, its optimizer, the frozen starting policy and whatever models an
 algorithm trains beside the policy, all on the device Ray gave it (``framework.models.accelerator``:
@@ -18,13 +20,35 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+                                                     set_model_state_dict, set_optimizer_state_dict)
+from torch.distributed.tensor import DTensor
 
-from actors.weight_sync import Manifest, WeightGroup
+from actors.weight_sync import Manifest, WeightGroup, gather
 from framework.algorithms.registry import get_algorithm
-from framework.checkpoint import load_optimizer, save_optimizer
+from framework.checkpoint import load_optimizer, read_optimizer, save_optimizer
+from framework.config import LEARNER_STRATEGIES
 from framework.losses import sequence_logprob, sft_loss, token_logprobs
 from framework.models import accelerator, autocast, load_policy, load_reference
 from framework.records import TrainBatch
+
+#: a sharded model's full state, gathered one tensor at a time into host memory on rank 0 only
+FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def shard(model: torch.nn.Module, device: torch.device) -> None:
+    """FSDP2 over every rank of the default group: each transformer block (the model's
+    ``_no_split_modules``: ``LlamaDecoderLayer``, say) a unit of its own, the rest (embeddings,
+    final norm, head) the root's."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    blocks = set(getattr(model, "_no_split_modules", None) or ())
+    for module in model.modules():
+        if type(module).__name__ in blocks:
+            fully_shard(module, mesh=mesh)
+    fully_shard(model, mesh=mesh)
 
 
 class Learner:
@@ -39,22 +63,30 @@ class Learner:
         seed: torch seed (dropout-free models make updates deterministic anyway).
         dtype: ``float32``, or ``bfloat16`` forward passes under autocast (weights and optimizer
             state stay float32).
+        strategy: ``ddp`` (every rank a replica) or ``fsdp`` (sharded; with several ranks, every
+            rank takes part in ``weights``, ``broadcast_weights`` and ``save``).
     """
 
     def __init__(self, *, model_path: str, rank: int = 0, world_size: int = 1, init_method: str | None = None,
-                 lr: float = 1e-3, weight_decay: float = 0.0, threads: int = 1, seed: int = 0, dtype: str = "float32"):
+                 lr: float = 1e-3, weight_decay: float = 0.0, threads: int = 1, seed: int = 0, dtype: str = "float32",
+                 strategy: str = "ddp"):
         torch.set_num_threads(threads)
         torch.manual_seed(seed)
         self.rank, self.world_size = rank, world_size
         self.device, self.dtype = accelerator(), dtype
         model, self.tokenizer = load_policy(model_path)
         self.module = model.to(self.device).train()
+        if strategy not in LEARNER_STRATEGIES:
+            raise ValueError(f"learner strategy must be one of {LEARNER_STRATEGIES}, got {strategy!r}")
+        self.sharded = world_size > 1 and strategy == "fsdp"
+        self.model = model
         if world_size > 1:
             cuda = self.device.type == "cuda"
             dist.init_process_group("nccl" if cuda else "gloo", init_method=init_method, rank=rank, world_size=world_size)
-            self.model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[self.device.index] if cuda else None)
-        else:
-            self.model = model
+            if self.sharded:
+                shard(model, self.device)  # in place: self.module is the sharded model
+            else:
+                self.model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[self.device.index] if cuda else None)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
         self.version = 0
         self.weight_group: WeightGroup | None = None  # pipeline.weight_sync=broadcast: rank 0 hosts it
@@ -80,7 +112,7 @@ class Learner:
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
         optimizer.step()
-        return float(norm)
+        return float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
 
     @torch.no_grad()
     def reference_logp(self, batch: TrainBatch) -> torch.Tensor:
@@ -130,30 +162,44 @@ class Learner:
         self.step(loss)
         return float(loss.detach())
 
-    def weights(self) -> dict:
-        """The current weights for the generators (a detached copy, in host memory)."""
+    def weights(self) -> dict | None:
+        """The current weights for the generators (a detached copy, in host memory). Sharded: the
+        full weights on rank 0, gathered one tensor at a time (None on the other ranks)."""
+        if self.sharded:
+            state = get_model_state_dict(self.module, options=FULL)
+            return state if self.rank == 0 else None
         return {k: v.detach().to("cpu", copy=True) for k, v in self.module.state_dict().items()}
 
     def join_weight_group(self, address: str, world_size: int, manifest: Manifest) -> None:
-        """Host the weight-broadcast group at ``address`` as its rank 0 (``pipeline.weight_sync=broadcast``);
-        ``manifest``: what the generators receive."""
-        self.weight_group = WeightGroup(address, rank=0, world_size=world_size, device=self.device)
+        """Rank 0: host the weight-broadcast group at ``address`` (``pipeline.weight_sync=broadcast``);
+        ``manifest``: what the generators receive (a sharded learner's other ranks keep only it)."""
+        if self.rank == 0:
+            self.weight_group = WeightGroup(address, rank=0, world_size=world_size, device=self.device)
         self.manifest = manifest
 
     def broadcast_weights(self) -> int:
-        """Send the current weights to every generator of the group; returns the version sent."""
-        self.weight_group.send(self.module.state_dict(), self.manifest)
+        """Send the current weights to every generator of the group (sharded: each tensor gathered
+        on every rank as it goes, rank 0 sends it); returns the version sent."""
+        if self.rank == 0:
+            self.weight_group.send(self.module.state_dict(), self.manifest)
+        else:
+            gather(self.module.state_dict(), self.manifest)
         return self.version
 
     def save(self, directory: str) -> None:
         """Policy (safetensors, loadable with from_pretrained), optimizer state and the auxiliary
-        models (rank 0 only)."""
+        models (rank 0 writes; a sharded learner's other ranks take part in gathering the full
+        state, one tensor at a time)."""
+        policy = moments = None
+        if self.sharded:
+            policy = get_model_state_dict(self.module, options=FULL)
+            moments = get_optimizer_state_dict(self.module, self.optimizer, options=FULL)
         if self.rank != 0:
             return
         directory = Path(directory)
-        self.module.save_pretrained(directory / "policy")
+        self.module.save_pretrained(directory / "policy", state_dict=policy)
         self.tokenizer.save_pretrained(directory / "policy")
-        save_optimizer(self.optimizer, directory)
+        save_optimizer(self.optimizer, directory, state=self._by_index(moments) if moments else None)
         for name, (module, optimizer) in self.aux.items():
             module.save_pretrained(directory / name)
             save_optimizer(optimizer, directory / name)
@@ -162,9 +208,31 @@ class Learner:
                 if saved.name not in self.aux and (saved / "model.safetensors").exists() and saved.name != "policy":
                     shutil.copytree(saved, directory / saved.name, dirs_exist_ok=True)
 
+    def shard_numel(self) -> int:
+        """Parameter elements this rank holds (a sharded learner's part, else the whole model)."""
+        return sum((q.to_local() if isinstance(q, DTensor) else q).numel() for q in self.module.parameters())
+
+    def _by_index(self, state: dict) -> dict:
+        """An optimizer state keyed by parameter names (a sharded model's) → by index, as
+        ``optimizer.state_dict()`` keys it: one checkpoint format for both strategies."""
+        index = {name: i for i, (name, _) in enumerate(self.module.named_parameters())}
+        return {"state": {index[k]: v for k, v in state["state"].items()},
+                "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in state["param_groups"]]}
+
+    def _by_name(self, state: dict) -> dict:
+        names = [name for name, _ in self.module.named_parameters()]
+        return {"state": {names[i]: v for i, v in state["state"].items()},
+                "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]]}
+
     def load(self, directory: str, version: int) -> None:
         directory = Path(directory)
-        self.module.load_state_dict(load_file(str(directory / "policy" / "model.safetensors")))
-        load_optimizer(self.optimizer, directory)  # (the optimizer moves the state to the parameters' device)
+        policy = load_file(str(directory / "policy" / "model.safetensors"))
+        if self.sharded:  # every rank reads the full state and keeps its shard
+            full = StateDictOptions(full_state_dict=True)
+            set_model_state_dict(self.module, policy, options=full)
+            set_optimizer_state_dict(self.module, self.optimizer, self._by_name(read_optimizer(directory)), options=full)
+        else:
+            self.module.load_state_dict(policy)
+            load_optimizer(self.optimizer, directory)  # (the optimizer moves the state to the parameters' device)
         self.checkpoint, self.aux = directory, {}
         self.version = version

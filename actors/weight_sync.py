@@ -15,6 +15,7 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,18 @@ class Manifest:
             if tuple(tensors[name].shape) != shape:
                 raise ValueError(f"weight broadcast: {name} is {tuple(tensors[name].shape)} on the learner, "
                                  f"{shape} on the generators")
+
+
+def full(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor: a sharded one (an FSDP2 ``DTensor``) gathered from every rank — a
+    collective — else itself."""
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def gather(state: dict[str, torch.Tensor], manifest: Manifest) -> None:
+    """A sharded learner's rank > 0 during ``send``: its part of gathering each tensor, in order."""
+    for name in manifest.names:
+        full(state[name])
 
 
 class WeightGroup:
@@ -72,7 +85,7 @@ class WeightGroup:
         manifest.check(state)
         works = []
         for name, dtype in zip(manifest.names, manifest.dtypes):
-            t = state[name].detach().to(self.device, getattr(torch, dtype)).contiguous()
+            t = full(state[name]).detach().to(self.device, getattr(torch, dtype)).contiguous()
             works.append(self.group.broadcast(t, 0))
             if len(works) > 8:  # bounded: at most this many cast tensors wait to go
                 works.pop(0).wait()

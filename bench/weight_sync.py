@@ -66,7 +66,7 @@ def bench_size(cluster, path: str, repeats: int) -> dict:
     learner = cluster.spawn(Learner, cpus=1, model_path=path)
     by_store = cluster.spawn(RolloutGenerator, cpus=1, model_path=path, backend="hf")
     by_broadcast = cluster.spawn(RolloutGenerator, cpus=1, model_path=path, backend="hf")
-    connect_weights(cluster, cluster.init_method(), learner, [by_broadcast])
+    connect_weights(cluster, cluster.init_method(), [learner], [by_broadcast])
     version = iter(range(1, 10_000))
 
     def object_store():

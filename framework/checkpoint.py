@@ -17,8 +17,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 
-def save_optimizer(optimizer: torch.optim.Optimizer, directory: Path) -> None:
-    state = optimizer.state_dict()
+def save_optimizer(optimizer: torch.optim.Optimizer, directory: Path, state: dict | None = None) -> None:
+    """``state`` (default ``optimizer.state_dict()``: parameters by index) as safetensors + JSON."""
+    state = optimizer.state_dict() if state is None else state
     tensors, scalars = {}, {}
     for pid, pstate in state["state"].items():
         for name, value in pstate.items():
@@ -32,6 +33,11 @@ def save_optimizer(optimizer: torch.optim.Optimizer, directory: Path) -> None:
 
 
 def load_optimizer(optimizer: torch.optim.Optimizer, directory: Path) -> None:
+    optimizer.load_state_dict(read_optimizer(directory))
+
+
+def read_optimizer(directory: Path) -> dict:
+    """What ``save_optimizer`` wrote, as ``optimizer.state_dict()`` has it."""
     meta = json.loads((directory / "optimizer.json").read_text())
     tensors = load_file(str(directory / "optimizer.safetensors"))
     state: dict = {}
@@ -42,7 +48,7 @@ def load_optimizer(optimizer: torch.optim.Optimizer, directory: Path) -> None:
         pid, name = key.split(".", 1)
         # Adam keeps `step` as a tensor; restore the type it had
         state.setdefault(int(pid), {})[name] = torch.tensor(float(value)) if name == "step" else value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return {"state": state, "param_groups": meta["param_groups"]}
 
 
 def write_state(directory: Path, state: dict) -> None:

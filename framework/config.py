@@ -267,6 +267,7 @@ class JudgeConfig:
 
 
 WEIGHT_SYNCS = ("object_store", "broadcast")
+LEARNER_STRATEGIES = ("ddp", "fsdp")
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
 
@@ -342,6 +343,10 @@ class PipelineConfig:
     placement_timeout: float = 300.0
     """Seconds to wait for a joined cluster (its autoscaler, say) to hold the run's placement group
     before failing; a Ray started for the run holds it or fails at once."""
+    learner_strategy: str = "ddp"
+    """How several learners share the policy: ``ddp`` (each a replica: DistributedDataParallel) or
+    ``fsdp`` (sharded with FSDP2: each rank holds 1/N of the weights, gradients and Adam state, for
+    a model that does not fit one device; the KL reference stays whole on each rank)."""
     weight_sync: str = "object_store"
     """How each published policy version reaches the generators: ``object_store`` (learner rank 0
     puts one copy in Ray's object store, each generator reads it) or ``broadcast`` (a collective
@@ -349,6 +354,8 @@ class PipelineConfig:
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
 
     def __post_init__(self):
+        if self.learner_strategy not in LEARNER_STRATEGIES:
+            raise ConfigError("learner_strategy", f"must be one of {LEARNER_STRATEGIES}, got {self.learner_strategy!r}")
         if self.weight_sync not in WEIGHT_SYNCS:
             raise ConfigError("weight_sync", f"must be one of {WEIGHT_SYNCS}, got {self.weight_sync!r}")
         if self.weight_sync == "broadcast" and not self.ray:

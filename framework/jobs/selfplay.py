@@ -70,6 +70,13 @@ class Roles:
     learners: list[Handle[Learner]]
     pad_id: int
     weight_sync: str = "object_store"  # pipeline.weight_sync
+    learner_strategy: str = "ddp"  # pipeline.learner_strategy
+
+    @property
+    def gathering(self) -> list[Handle[Learner]]:
+        """The learners that take part in gathering the full policy (publishing, checkpoints):
+        every rank of a sharded group, else rank 0 alone (its replica is the policy)."""
+        return self.learners if self.learner_strategy == "fsdp" else self.learners[:1]
 
 
 @dataclass
@@ -154,7 +161,8 @@ def build_roles(cfg: Config, task: Task, policy_path: str, cluster) -> Roles:
         weights_at = cluster.init_method(slots["learner 0"])
     learners = [cluster.spawn(Learner, slot=slots[f"learner {i}"], pin=pin_learn[i] if pin_learn else None,
                               model_path=policy_path, rank=i, world_size=p.learners, init_method=init_method,
-                              lr=cfg.algo.lr, threads=p.learner_threads, seed=cfg.seed, dtype=cfg.model.dtype)
+                              lr=cfg.algo.lr, threads=p.learner_threads, seed=cfg.seed, dtype=cfg.model.dtype,
+                              strategy=p.learner_strategy)
                 for i in range(p.learners)]
     generators = [cluster.spawn(RolloutGenerator, slot=slots[f"generator {i}"], pin=pin_gen[i] if pin_gen else None,
                                 model_path=policy_path, backend=p.backend, generator_id=i,
@@ -168,15 +176,17 @@ def build_roles(cfg: Config, task: Task, policy_path: str, cluster) -> Roles:
                           target=cfg.judge.target, kwargs=dict(cfg.judge.kwargs), retries=cfg.judge.retries)
     pad_id = cluster.get(generators[0].call(RolloutGenerator.pad_id))
     if p.weight_sync == "broadcast":
-        connect_weights(cluster, weights_at, learners[0], generators)
-    return Roles(cluster, generators, reference, judge, learners, pad_id, p.weight_sync)
+        connect_weights(cluster, weights_at, learners, generators)
+    return Roles(cluster, generators, reference, judge, learners, pad_id, p.weight_sync, p.learner_strategy)
 
 
-def connect_weights(cluster, address: str, learner: Handle[Learner], generators: list[Handle[RolloutGenerator]]) -> None:
-    """One weight-broadcast group: learner rank 0 (hosting it at ``address``) and the generators."""
+def connect_weights(cluster, address: str, learners: list[Handle[Learner]],
+                    generators: list[Handle[RolloutGenerator]]) -> None:
+    """One weight-broadcast group: learner rank 0 (hosting it at ``address``) and the generators;
+    every learner learns what the generators receive."""
     manifest = cluster.get(generators[0].call(RolloutGenerator.weight_manifest))
     world = 1 + len(generators)
-    cluster.get([learner.call(Learner.join_weight_group, address, world, manifest),
+    cluster.get([*[learner.call(Learner.join_weight_group, address, world, manifest) for learner in learners],
                  *[g.call(RolloutGenerator.join_weight_group, address, 1 + i, world) for i, g in enumerate(generators)]])
 
 
@@ -232,9 +242,10 @@ def sync_weights(roles: Roles, version: int, wait: bool) -> tuple:
     if roles.weight_sync == "broadcast":
         weights = None
         done = [g.call(RolloutGenerator.receive_weights, version) for g in roles.generators]
-        done.append(roles.learners[0].call(Learner.broadcast_weights))
+        done += [learner.call(Learner.broadcast_weights) for learner in roles.gathering]
     else:
-        weights = roles.learners[0].call(Learner.weights)
+        # (under fsdp the other ranks' calls take part in gathering and return None)
+        weights = [learner.call(Learner.weights) for learner in roles.gathering][0]
         done = [g.call(RolloutGenerator.set_weights, version, weights) for g in roles.generators]
     if wait:
         roles.cluster.get(done)
@@ -248,7 +259,7 @@ def save_checkpoint(roles: Roles, run_dir: Path, state: RunState, iteration: int
     (``generator.safetensors``), so a resume continues the round."""
 
     def save(directory: Path) -> None:
-        roles.cluster.get(roles.learners[0].call(Learner.save, str(directory)))
+        roles.cluster.get([learner.call(Learner.save, str(directory)) for learner in roles.gathering])
         state.memory.save(directory)
         if state.held[0] != state.version and (state.held[1] is not None or roles.weight_sync == "broadcast"):
             # (a broadcast left no copy in the store: generator 0 has what it received)

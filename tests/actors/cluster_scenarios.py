@@ -138,13 +138,13 @@ def print_actor_nodes(c) -> dict[str, list[str]]:
 
 
 def selfplay_across_nodes(run_dir: Path) -> None:
-    """A short async MPO run with two learners and two generators spread over three nodes, the
-    weights broadcast from learner 0 into generators on other nodes."""
+    """A short async MPO run with two sharded learners (FSDP2 over gloo) and two generators spread
+    over three nodes, the weights broadcast from learner 0 into generators on other nodes."""
     from framework.jobs import selfplay
 
     with cluster(*(dict(num_cpus=1, resources={f"node_{x}": 1}) for x in "abc")) as c:
         cfg = config("train.iterations=2", "eval.every=2", "checkpoint.every=2", "pipeline.learners=2",
-                     "pipeline.generators=2", "pipeline.placement_strategy=SPREAD", "pipeline.weight_sync=broadcast")
+                     "pipeline.generators=2", "pipeline.placement_strategy=SPREAD", "pipeline.weight_sync=broadcast", "pipeline.learner_strategy=fsdp")
         summary = selfplay.run(cfg, run_dir, progress=False)
         rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         assert [r["policy_version"] for r in rows] == [1, 2] and 0 <= summary["final"]["win_rate_vs_init"] <= 1

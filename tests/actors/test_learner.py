@@ -107,3 +107,54 @@ def test_a_bfloat16_learner_keeps_float32_weights_and_still_moves_toward_the_tar
     with torch.no_grad():
         rho = learner.logp(batch).float().cpu() - batch.logp_old
     assert torch.corrcoef(torch.stack([rho, 2.0 * (batch.q_hat - 0.5)]))[0, 1] > 0.5
+
+
+def test_a_sharded_group_takes_the_full_batch_step_and_checkpoints_what_a_replica_would(ray_session, tiny_policy,
+                                                                                      task, tmp_path):
+    """pipeline.learner_strategy=fsdp: two gloo ranks, each holding half of every block's weights
+    (FSDP2 over a CPU device mesh), on half batches take the single-process full-batch step. The
+    full weights come to rank 0 alone, and the checkpoint both ranks write — in the replicated
+    format — resumes a sharded pair whose next step is the single learner's next step (Adam's
+    moments were saved and restored, shard by shard)."""
+    from safetensors.torch import load_file
+
+    single = Learner(model_path=tiny_policy, lr=1e-3)
+    batch = _batch(task, single)
+    second = _batch(task, single, seed=1)
+
+    def sharded_pair(cluster):
+        init = cluster.init_method()
+        return [cluster.spawn(Learner, cpus=0, model_path=tiny_policy, rank=r, world_size=2, init_method=init,
+                              lr=1e-3, strategy="fsdp") for r in range(2)]
+
+    def step(cluster, pair, b):
+        return cluster.get([w.call(Learner.train, shard, algorithm="mpo", eta=1.0, minibatches=1)
+                            for w, shard in zip(pair, b.shard(2))])
+
+    cluster = RayCluster(modules=(__name__, "tests"))
+    try:
+        pair = sharded_pair(cluster)
+        step(cluster, pair, batch)
+        local = cluster.get(pair[0].call(Learner.shard_numel))
+        full, nothing = cluster.get([w.call(Learner.weights) for w in pair])
+        cluster.get([w.call(Learner.save, str(tmp_path)) for w in pair])
+        for w in pair:
+            cluster.ray.kill(w.target)
+        resumed = sharded_pair(cluster)
+        cluster.get([w.call(Learner.load, str(tmp_path), 1) for w in resumed])
+        out = step(cluster, resumed, second)
+        after, _ = cluster.get([w.call(Learner.weights) for w in resumed])  # (a collective: every rank)
+    finally:
+        cluster.shutdown()
+    single.train(batch, algorithm="mpo", eta=1.0, minibatches=1)
+    assert nothing is None and full.keys() == single.weights().keys()
+    total = sum(v.numel() for v in full.values())
+    assert local < 0.6 * total  # rank 0 holds about half (the root's small tensors are split too)
+    for k, v in single.weights().items():
+        torch.testing.assert_close(full[k], v, atol=1e-5, rtol=1e-4)
+    saved = load_file(str(tmp_path / "policy" / "model.safetensors"))
+    assert all(torch.equal(saved[k], full[k]) for k in full)  # from_pretrained-loadable, full tensors
+    single.train(second, algorithm="mpo", eta=1.0, minibatches=1)
+    assert [r["version"] for r in out] == [2, 2]
+    for k, v in single.weights().items():
+        torch.testing.assert_close(after[k], v, atol=1e-5, rtol=1e-4)

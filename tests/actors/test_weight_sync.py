@@ -4,7 +4,6 @@ is the run that goes through the store."""
 
 import json
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -48,6 +47,30 @@ def test_a_broadcast_delivers_the_object_stores_weights_in_each_generators_dtype
         assert c[k].dtype == torch.bfloat16 and torch.equal(c[k], store[k].to(torch.bfloat16)), k
 
 
+def test_a_sharded_learner_broadcasts_its_full_weights(ray_session, tiny_policy, task):
+    """Under fsdp each tensor is gathered on both ranks as it goes and rank 0 sends it: the
+    generator ends up with what the object-store path (rank 0's gathered copy) would give it."""
+    from framework.jobs.selfplay import connect_weights
+
+    cluster = RayCluster(modules=(__name__, "tests"))
+    try:
+        init, address = cluster.init_method(), cluster.init_method()
+        pair = [cluster.spawn(Learner, cpus=0, model_path=tiny_policy, rank=r, world_size=2, init_method=init,
+                              lr=1e-2, strategy="fsdp") for r in range(2)]
+        generator = cluster.spawn(RolloutGenerator, cpus=0, model_path=tiny_policy, backend="hf")
+        batch = _batch(task, Learner(model_path=tiny_policy))
+        cluster.get([w.call(Learner.train, shard, algorithm="mpo", eta=1.0) for w, shard in zip(pair, batch.shard(2))])
+        connect_weights(cluster, address, pair, [generator])
+        sent = cluster.get([generator.call(RolloutGenerator.receive_weights, 1),
+                            *[w.call(Learner.broadcast_weights) for w in pair]])
+        full, _ = cluster.get([w.call(Learner.weights) for w in pair])
+        got = cluster.get(generator.call(RolloutGenerator.weights))
+    finally:
+        cluster.shutdown()
+    assert sent == [1, 1, 1]
+    assert got.keys() == full.keys() and all(torch.equal(got[k], full[k]) for k in full)
+
+
 def test_a_run_that_broadcasts_weights_is_the_run_through_the_object_store(ray_session, tiny_policy, cache_dir,
                                                                          tmp_path):
     """IRFT with rounds of two iterations under Ray, sync mode: the same metrics either way, and the
@@ -70,12 +93,3 @@ def test_a_run_that_broadcasts_weights_is_the_run_through_the_object_store(ray_s
     held_a, held_b = (load_file(str(tmp_path / d / mid / "generator.safetensors")) for d in ("object_store", "broadcast"))
     assert held_a.keys() == held_b.keys() and all(torch.equal(held_a[k], held_b[k]) for k in held_a)
 
-
-def test_broadcast_needs_ray():
-    from framework.config import load_config
-    from framework.errors import ConfigError
-
-    with pytest.raises(ConfigError, match="pipeline.weight_sync: broadcast needs pipeline.ray=true"):
-        load_config(None, ["pipeline.weight_sync=broadcast", "pipeline.ray=false"])
-    with pytest.raises(ConfigError, match="pipeline.weight_sync: must be one of"):
-        load_config(None, ["pipeline.weight_sync=nccl"])

@@ -50,6 +50,10 @@ def test_overrides_win_over_quick_and_yaml(tmp_path):
     (["algo.kl_coef=0.1", "algo.q=monte_carlo"], "algo.kl_coef: the KL penalty is implemented for mpo"),
     (["algo.lr_schedule=step"], "algo.lr_schedule: must be one of"),
     (["algo.warmup=200"], "algo.warmup: the warm-up (200) must be shorter than train.iterations (200)"),
+    (["pipeline.learner_strategy=zero3"], "pipeline.learner_strategy: must be one of ('ddp', 'fsdp')"),
+    (["pipeline.weight_sync=nccl"], "pipeline.weight_sync: must be one of ('object_store', 'broadcast')"),
+    (["pipeline.weight_sync=broadcast", "pipeline.ray=false"], "pipeline.weight_sync: broadcast needs pipeline.ray"),
+    (["model.dtype=float16"], "model.dtype"),
 ])
 def test_bad_values_name_the_full_key(overrides, message):
     with pytest.raises(ConfigError) as err:
