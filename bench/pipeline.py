@@ -4,7 +4,10 @@
       load weights work with the plain classes, no Ray;
   (b) the Ray pipeline, sync and async, *disaggregated*: generator and learner actors each pinned
       to their own core with one thread (the CPU stand-in for separate generator/learner GPUs);
-  (c) the same *colocated*: both actors share both cores (two threads each), like the bare loop.
+  (c) the same *colocated*: both actors share both cores (two threads each), like the bare loop;
+  (d) (b) on a multi-node cluster (``ray.cluster_utils``: a head of 0 CPUs and two raylets of one
+      CPU each on this machine), the generator on one node and the learner on the other, so every
+      weight version and batch crosses nodes through Ray's object store.
 
 Ideal async/sync ratios come from each run's own stage times: disaggregated (G₁ + T₁)/max(G₁, T₁);
 colocated (G₂ + T₂)/max(G₁, T₁) — overlapped, the two roles get one core each.
@@ -12,7 +15,8 @@ colocated (G₂ + T₂)/max(G₁, T₁) — overlapped, the two roles get one co
     python bench/pipeline.py [quick=true]
 
 Ends with one JSON line: async_over_sync, async_ideal (disaggregated), sync_over_bare (colocated
-sync time / bare time, same threads), plus the colocated ratio and the stage times.
+sync time / bare time, same threads), the colocated ratio, the stage times, and the multi-node
+case: multinode_async_over_sync and multinode_over_single_node (its s/iteration over (b)'s, per mode).
 """
 
 from __future__ import annotations
@@ -101,18 +105,46 @@ def wait_for_ray_to_exit(timeout: float = 30.0) -> None:
         time.sleep(0.5)
 
 
-def pipeline(cfg) -> dict:
+def pipeline(cfg, wait: bool = True) -> dict:
     from framework.jobs import selfplay
 
     with tempfile.TemporaryDirectory() as run_dir:
         selfplay.run(cfg, Path(run_dir), progress=False)
         rows = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()][1:]
-    wait_for_ray_to_exit()
+    if wait:
+        wait_for_ray_to_exit()
     busy = [r["iteration_s"] - r["evaluate_s"] - r["checkpoint_s"] for r in rows]
     # medians: single iterations on a shared 2-core machine have outliers either way
     return {"iteration": float(np.median(busy)), "generate": float(np.median([r["generate_s"] for r in rows])),
             "train": float(np.median([r["update_s"] for r in rows])),
             "samples_per_s": float(np.median([r["samples"] for r in rows]) / np.median(busy))}
+
+
+#: the multi-node case: generator on node_gen, learner (with the judge and reference) on node_learn
+ON_TWO_NODES = ["pipeline.resources.generator.resources={node_gen: 0.01}",
+                *(f"pipeline.resources.{role}.resources={{node_learn: 0.01}}" for role in ("learner", "judge", "reference"))]
+
+
+def on_two_nodes(cfg) -> dict:
+    """``pipeline(cfg)`` on a cluster of two raylets, one CPU each, on this machine."""
+    import socket
+
+    import ray
+    from ray.cluster_utils import Cluster
+
+    with socket.socket() as sock:  # the head's dashboard agent: not the port another Ray may hold
+        sock.bind(("127.0.0.1", 0))
+        agent_port = sock.getsockname()[1]
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "dashboard_agent_listen_port": agent_port})
+    c.add_node(num_cpus=1, resources={"node_gen": 1})
+    c.add_node(num_cpus=1, resources={"node_learn": 1})
+    ray.init(address=c.address, log_to_driver=False, configure_logging=False)
+    try:
+        return pipeline(cfg, wait=False)
+    finally:
+        ray.shutdown()
+        c.shutdown()
+        wait_for_ray_to_exit()
 
 
 def main(quick: bool) -> dict:
@@ -130,6 +162,10 @@ def main(quick: bool) -> dict:
                         ("colocated_async", [*colocated, "pipeline.mode=async"])):
         print(f"{name} ...", flush=True)
         runs[name] = pipeline(config(extra, iterations, cache))
+    for mode in ("sync", "async"):
+        print(f"multinode_{mode} ...", flush=True)
+        runs[f"multinode_{mode}"] = on_two_nodes(config([*disagg, *ON_TWO_NODES, f"pipeline.mode={mode}"], iterations,
+                                                        cache))
     g1, t1 = runs["disaggregated_sync"]["generate"], runs["disaggregated_sync"]["train"]
     g2, t2 = runs["colocated_sync"]["generate"], runs["colocated_sync"]["train"]
     ratio = runs["disaggregated_async"]["samples_per_s"] / runs["disaggregated_sync"]["samples_per_s"]
@@ -137,6 +173,9 @@ def main(quick: bool) -> dict:
     coloc_ratio = runs["colocated_async"]["samples_per_s"] / runs["colocated_sync"]["samples_per_s"]
     coloc_ideal = (g2 + t2) / max(g1, t1)
     sync_over_bare = runs["colocated_sync"]["iteration"] / bare["iteration"]
+    multi_ratio = runs["multinode_async"]["samples_per_s"] / runs["multinode_sync"]["samples_per_s"]
+    multi_over_single = {m: runs[f"multinode_{m}"]["iteration"] / runs[f"disaggregated_{m}"]["iteration"]
+                         for m in ("sync", "async")}
     print(f"\nbare loop: {bare['iteration']:.2f} s/iteration (generate {bare['generate']:.2f} s, "
           f"train {bare['train']:.2f} s)")
     for name, r in runs.items():
@@ -145,11 +184,14 @@ def main(quick: bool) -> dict:
     print(f"\ndisaggregated async/sync throughput {ratio:.2f}× (ideal {ideal:.2f}×, {ratio / ideal:.0%} of it)")
     print(f"colocated    async/sync throughput {coloc_ratio:.2f}× (ideal {coloc_ideal:.2f}×)")
     print(f"colocated sync time / bare loop time {sync_over_bare:.3f}× (same threads)")
+    print(f"multi-node   async/sync throughput {multi_ratio:.2f}×; s/iteration over one node: "
+          f"sync {multi_over_single['sync']:.3f}×, async {multi_over_single['async']:.3f}×")
     result = {"bench": "pipeline", "iterations": iterations, "async_over_sync": ratio, "async_ideal": ideal,
               "async_fraction_of_ideal": ratio / ideal, "colocated_async_over_sync": coloc_ratio,
               "colocated_async_ideal": coloc_ideal, "sync_over_bare": sync_over_bare,
               "bare_s_per_iteration": bare["iteration"],
-              "stage_s": {"G1": g1, "T1": t1, "G2": g2, "T2": t2}}
+              "stage_s": {"G1": g1, "T1": t1, "G2": g2, "T2": t2},
+              "multinode_async_over_sync": multi_ratio, "multinode_over_single_node": multi_over_single}
     print(json.dumps(result))
     return result
 
