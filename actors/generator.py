@@ -77,7 +77,11 @@ class RolloutGenerator:
     def weights(self) -> dict:
         """The policy this generator holds, in host memory (a checkpoint mid-way through a round
         saves it when the weights reached the generators by broadcast)."""
-        return {k: v.detach().to("cpu", copy=True) for k, v in self.backend.receive_buffers()[0].items()}
+        buffers, in_place = self.backend.receive_buffers()
+        if not in_place and self.weight_group is None:
+            raise RuntimeError("a vllm generator's weights are kept beside its engine only under "
+                               "pipeline.weight_sync=broadcast")
+        return {k: v.detach().to("cpu", copy=True) for k, v in buffers.items()}
 
     def encode(self, messages: list[dict]) -> list[int]:
         return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,

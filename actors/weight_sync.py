@@ -67,8 +67,10 @@ class WeightGroup:
                               timeout=timedelta(seconds=timeout))
         store = dist.PrefixStore("alignplay/weights", store)
         self.rank, self.world_size, self.device = rank, world_size, device
-        if device.type == "cuda":
-            self.group = dist.ProcessGroupNCCL(store, rank, world_size)
+        if device.type == "cuda":  # as torch.distributed makes its own NCCL groups
+            options = dist.ProcessGroupNCCL.Options()
+            options._timeout = timedelta(seconds=timeout)
+            self.group = dist.ProcessGroupNCCL(store, rank, world_size, options)
         else:
             self.group = dist.ProcessGroupGloo(store, rank, world_size, timedelta(seconds=timeout))
         self._store = store  # kept alive: rank 0's store is the rendezvous of the others
