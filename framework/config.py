@@ -367,6 +367,8 @@ class PipelineConfig:
             raise ConfigError("backend", f"must be 'auto', 'hf' or 'vllm', got {self.backend!r}")
         if self.max_staleness < 0:
             raise ConfigError("max_staleness", f"must be ≥ 0, got {self.max_staleness}")
+        if self.num_cpus is not None and self.num_cpus < 1:
+            raise ConfigError("num_cpus", f"must be ≥ 1 (or unset: every CPU), got {self.num_cpus}")
         for name in ("generators", "learners", "generator_threads", "learner_threads"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"must be ≥ 1, got {getattr(self, name)}")
@@ -419,7 +421,13 @@ class CheckpointConfig:
     every: int = 25
     """Save a checkpoint every this many iterations (and at the end)."""
     keep: int = 2
-    """How many periodic checkpoints to keep (the final one is always kept)."""
+    """How many periodic checkpoints to keep (0: all; the final one is always kept)."""
+
+    def __post_init__(self):
+        if self.every < 1:
+            raise ConfigError("every", f"must be ≥ 1, got {self.every}")
+        if self.keep < 0:
+            raise ConfigError("keep", f"must be ≥ 0 (0 keeps every checkpoint), got {self.keep}")
 
 
 @dataclass(frozen=True)
@@ -573,8 +581,10 @@ class DPConfig:
                                                   f"got {self.grad_sample_mode!r}")
         if self.private_lr is not None and not self.private_lr > 0:
             raise ConfigError("private_lr", f"must be > 0, got {self.private_lr}")
-        if not self.max_grad_norm > 0 or not self.lr > 0:
-            raise ConfigError("max_grad_norm", "max_grad_norm > 0 and lr > 0 are required")
+        if not 0 < self.max_grad_norm < math.inf:  # (also refuses nan)
+            raise ConfigError("max_grad_norm", f"the clipping bound must be finite and > 0, got {self.max_grad_norm}")
+        if not 0 < self.lr < math.inf:
+            raise ConfigError("lr", f"must be finite and > 0, got {self.lr}")
         for name in ("batch_size", "eval_every", "eval_sequences", "diag_batch", "hutchinson_probes", "threads",
                      "plateau_window", "workers"):
             if getattr(self, name) < 1:
@@ -650,6 +660,8 @@ class Config:
     dp: DPConfig = field(default_factory=DPConfig)
 
     def __post_init__(self):
+        if self.seed < 0:
+            raise ConfigError("seed", f"must be ≥ 0, got {self.seed}")
         if self.job not in JOB_NAMES:
             raise ConfigError("job", f"unknown job {self.job!r}; choose from {sorted(JOB_NAMES)}")
         if self.pipeline.learners > 1 and get_algorithm(self.algo.name).single_learner:

@@ -54,6 +54,14 @@ def test_overrides_win_over_quick_and_yaml(tmp_path):
     (["pipeline.weight_sync=nccl"], "pipeline.weight_sync: must be one of ('object_store', 'broadcast')"),
     (["pipeline.weight_sync=broadcast", "pipeline.ray=false"], "pipeline.weight_sync: broadcast needs pipeline.ray"),
     (["model.dtype=float16"], "model.dtype"),
+    (["checkpoint.every=0"], "checkpoint.every: must be ≥ 1, got 0"),
+    (["checkpoint.keep=-1"], "checkpoint.keep: must be ≥ 0 (0 keeps every checkpoint), got -1"),
+    (["pipeline.num_cpus=0"], "pipeline.num_cpus: must be ≥ 1 (or unset: every CPU), got 0"),
+    (["seed=-1"], "seed: must be ≥ 0, got -1"),
+    (["dp.max_grad_norm=inf"], "dp.max_grad_norm: the clipping bound must be finite and > 0, got inf"),
+    (["dp.max_grad_norm=nan"], "dp.max_grad_norm: the clipping bound must be finite and > 0, got nan"),
+    (["dp.max_grad_norm=0"], "dp.max_grad_norm: the clipping bound must be finite and > 0, got 0.0"),
+    (["dp.lr=inf"], "dp.lr: must be finite and > 0, got inf"),
 ])
 def test_bad_values_name_the_full_key(overrides, message):
     with pytest.raises(ConfigError) as err:
