@@ -29,7 +29,7 @@ from framework.algorithms.registry import get_algorithm
 from framework.checkpoint import load_optimizer, read_optimizer, save_optimizer
 from framework.config import LEARNER_STRATEGIES
 from framework.losses import sequence_logprob, sft_loss, token_logprobs
-from framework.models import accelerator, autocast, load_policy, load_reference
+from framework.models import accelerator, autocast, group_backend, load_policy, load_reference
 from framework.records import TrainBatch
 
 #: a sharded model's full state, gathered one tensor at a time into host memory on rank 0 only
@@ -82,7 +82,7 @@ class Learner:
         self.model = model
         if world_size > 1:
             cuda = self.device.type == "cuda"
-            dist.init_process_group("nccl" if cuda else "gloo", init_method=init_method, rank=rank, world_size=world_size)
+            dist.init_process_group(group_backend(self.device), init_method=init_method, rank=rank, world_size=world_size)
             if self.sharded:
                 shard(model, self.device)  # in place: self.module is the sharded model
             else:

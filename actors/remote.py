@@ -132,6 +132,14 @@ def local_nodes(num_cpus: int | None = None) -> list[dict[str, float]]:
     return [{"CPU": float(num_cpus or os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}]
 
 
+def check_local_fit(pipeline, asks: Callable[[float], list[list[Ask]]]) -> None:
+    """A job's preflight: when the run will start a Ray of its own here, whether this machine holds
+    ``asks(gpus)`` (a cluster the run joins is checked once joined, before any role starts)."""
+    if pipeline.ray and not joins_a_cluster(pipeline.address):
+        nodes = local_nodes(pipeline.num_cpus)
+        check_fits(asks(nodes[0]["GPU"]), nodes, pipeline.placement_strategy)
+
+
 @dataclass
 class Done:
     """A LocalCluster future: the call already ran."""
@@ -229,7 +237,7 @@ class RayCluster:
         self.concurrent_roles = concurrent_roles
         self.owns_ray = not ray.is_initialized()
         address = address or os.environ.get("RAY_ADDRESS") or None
-        self.joined = address is not None or not self.owns_ray
+        self.joined = joins_a_cluster(address) or not self.owns_ray
         code = code_paths([*modules, *(PACKAGES if self.joined else ())])
         self.py_modules: list[str] = []  # what each actor's own runtime_env ships
         if self.owns_ray:
@@ -279,19 +287,13 @@ class RayCluster:
     def spawn(self, cls: type[R], *, slot: Slot | None = None, cpus: float = 1, pin: list[int] | None = None,
               **kwargs) -> Handle[R]:
         """``cls(**kwargs)`` as an actor in ``slot`` (else anywhere, with ``cpus`` CPUs)."""
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
         env: dict = {}
         if self.concurrent_roles and "OMP_WAIT_POLICY" not in os.environ:
             # Roles that run at the same time on shared cores: idle OpenMP threads must sleep, not
             # spin (spinning is faster when roles take turns, as in sync mode).
             env["OMP_WAIT_POLICY"] = "PASSIVE"
         runtime_env = {"env_vars": env, **({"py_modules": self.py_modules} if self.py_modules else {})}
-        options: dict = {"num_cpus": cpus}
-        if slot is not None:
-            options = {"num_cpus": slot.ask.cpus, "num_gpus": slot.ask.gpus, "resources": dict(slot.ask.resources)}
-            if slot.group is not None:
-                options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(slot.group, slot.bundle)
+        options = _options(slot) if slot is not None else {"num_cpus": cpus}
         actor = self.ray.remote(cls).options(runtime_env=runtime_env, **options).remote(**kwargs)
         if pin:
             # The CPU stand-in for separate GPUs: the actor's process may only run on these cores.
@@ -311,12 +313,7 @@ class RayCluster:
     def init_method(self, slot: Slot | None = None) -> str:
         """A TCP rendezvous for a torch.distributed group whose rank 0 goes into ``slot``: that
         node's IP and a port free there (found by a task in the same bundle)."""
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-        options: dict = {"num_cpus": 0}
-        if slot is not None and slot.group is not None:
-            options = {"num_cpus": slot.ask.cpus, "num_gpus": slot.ask.gpus, "resources": dict(slot.ask.resources),
-                       "scheduling_strategy": PlacementGroupSchedulingStrategy(slot.group, slot.bundle)}
+        options = _options(slot) if slot is not None and slot.group is not None else {"num_cpus": 0}
         return self.ray.get(self.ray.remote(_rendezvous).options(**options).remote())
 
     def node_of(self, handle: Handle) -> str:
@@ -334,6 +331,16 @@ class RayCluster:
         self.groups = []
         if self.owns_ray:
             self.ray.shutdown()
+
+
+def _options(slot: Slot) -> dict:
+    """Ray's options for a task or actor in ``slot``: what its role asks, in its bundle."""
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    options = {"num_cpus": slot.ask.cpus, "num_gpus": slot.ask.gpus, "resources": dict(slot.ask.resources)}
+    if slot.group is not None:
+        options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(slot.group, slot.bundle)
+    return options
 
 
 def _rendezvous() -> str:

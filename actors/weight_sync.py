@@ -17,6 +17,8 @@ import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
+from framework.models import group_backend
+
 
 @dataclass(frozen=True)
 class Manifest:
@@ -67,7 +69,7 @@ class WeightGroup:
                               timeout=timedelta(seconds=timeout))
         store = dist.PrefixStore("alignplay/weights", store)
         self.rank, self.world_size, self.device = rank, world_size, device
-        if device.type == "cuda":  # as torch.distributed makes its own NCCL groups
+        if group_backend(device) == "nccl":  # as torch.distributed makes its own NCCL groups
             options = dist.ProcessGroupNCCL.Options()
             options._timeout = timedelta(seconds=timeout)
             self.group = dist.ProcessGroupNCCL(store, rank, world_size, options)

@@ -2,7 +2,8 @@
 
 ``load_policy`` loads any Hugging Face causal LM and tokenizer from a local directory or a hub
 id; ``load_reference`` the same model frozen; ``load_reward_model`` a scalar-reward head on it.
-``accelerator`` is the device a role computes on and ``autocast`` its mixed precision.
+``accelerator`` is the device a role computes on, ``group_backend`` its groups' backend and
+``autocast`` its mixed precision.
 ``build_tiny_model`` makes a small Llama from a config with random init and a byte-level
 BPE tokenizer trained locally with ``tokenizers`` — untied embeddings (DP ghost clipping needs
 them), head dim 32 (vLLM's CPU attention needs ≥ 32) — and a chat template. It is deterministic
@@ -167,6 +168,11 @@ def accelerator():
     import torch
 
     return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def group_backend(device) -> str:
+    """The torch.distributed backend of a group computing on ``device``: NCCL on GPUs, gloo on CPUs."""
+    return "nccl" if device.type == "cuda" else "gloo"
 
 
 def autocast(device, dtype: str):

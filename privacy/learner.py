@@ -37,7 +37,7 @@ from framework.checkpoint import load_optimizer, save_optimizer
 from framework.config import DP_METHODS
 from framework.errors import InputError
 from framework.losses import lm_loss
-from framework.models import accelerator, load_policy
+from framework.models import accelerator, group_backend, load_policy
 from privacy import corpus as corpus_lib
 from privacy.accounting import Budget, epsilon, noise_multiplier_for
 from privacy.audit import audit
@@ -62,7 +62,7 @@ class DPLearner:
         self.device = accelerator()  # the model and each batch; the data stay in host memory
         if workers > 1:  # data-parallel DP workers: one group (NCCL on GPUs, gloo on CPUs), the noise added once
             if not dist.is_initialized():
-                dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo", init_method=init_method,
+                dist.init_process_group(group_backend(self.device), init_method=init_method,
                                         rank=rank, world_size=workers)
         torch.manual_seed(seed)
         self.method, self.seed = method, seed

@@ -16,7 +16,7 @@ from typing import Callable
 
 from tqdm.auto import tqdm
 
-from actors.remote import Ask, Handle, ask, check_fits, joins_a_cluster, local_nodes, make_cluster
+from actors.remote import Ask, Handle, ask, check_local_fit, make_cluster
 from framework import checkpoint as ckpt
 from framework.config import DP_METHODS, Config
 from framework.errors import InputError
@@ -31,9 +31,7 @@ def preflight(cfg: Config, run_dir: Path) -> None:
     """Checks that fail before anything is written (the budget fit is checked by the learner; on a
     cluster it joins, the resources when it has joined, before any worker starts)."""
     check_run_dir(cfg, run_dir)
-    if cfg.pipeline.ray and not joins_a_cluster(cfg.pipeline.address):
-        nodes = local_nodes(cfg.pipeline.num_cpus)
-        check_fits(worker_asks(cfg, nodes[0]["GPU"]), nodes, cfg.pipeline.placement_strategy)
+    check_local_fit(cfg.pipeline, lambda gpus: worker_asks(cfg, gpus))
 
 
 def prepare_model(cfg: Config) -> str:

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from actors.generator import RolloutGenerator
 from actors.judge import PreferenceJudge
 from actors.learner import Learner
-from actors.remote import Ask, Handle, ask, check_fits, joins_a_cluster, local_nodes, make_cluster
+from actors.remote import Ask, Handle, ask, check_local_fit, make_cluster
 from framework import checkpoint as ckpt
 from framework.algorithms.registry import get_algorithm
 from framework.algorithms.hooks import Algorithm, Memory, Plan, Source
@@ -54,9 +54,7 @@ def preflight(cfg: Config, run_dir: Path) -> None:
     check_run_dir(cfg, run_dir, experiment_keys=EXPERIMENT_KEYS)
     task = get_task(**dataclasses.asdict(cfg.task))
     build_judge(cfg.judge.kind, task=task, target=cfg.judge.target, kwargs=dict(cfg.judge.kwargs))
-    if cfg.pipeline.ray and not joins_a_cluster(cfg.pipeline.address):
-        nodes = local_nodes(cfg.pipeline.num_cpus)
-        check_fits(placement(cfg, nodes[0]["GPU"]), nodes, cfg.pipeline.placement_strategy)
+    check_local_fit(cfg.pipeline, lambda gpus: placement(cfg, gpus))
 
 
 @dataclass
@@ -146,11 +144,11 @@ def placement(cfg: Config, gpus: float) -> list[list[Ask]]:
 
 def build_roles(cfg: Config, task: Task, policy_path: str, cluster) -> Roles:
     p = cfg.pipeline
-    slots = {s.ask.role: s for group in cluster.place(placement(cfg, cluster.gpus()), p.placement_strategy)
-             for s in group}
+    gpus = cluster.gpus()
+    slots = {s.ask.role: s for group in cluster.place(placement(cfg, gpus), p.placement_strategy) for s in group}
     n_cpu = max(1, p.num_cpus or os.cpu_count() or 1)
     pin_gen = pin_learn = None
-    if p.placement == "disaggregated" and not cluster.gpus():  # the CPU stand-in for separate GPUs:
+    if p.placement == "disaggregated" and not gpus:  # the CPU stand-in for separate GPUs:
         cores = list(range(n_cpu))  # generators on the first cores, learners on the rest
         pin_gen = [cores[: max(1, n_cpu - p.learners)]] * p.generators
         pin_learn = [[cores[-1 - i % max(1, n_cpu - 1)]] for i in range(p.learners)]

@@ -6,8 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 SCENARIOS = Path(__file__).with_name("cluster_scenarios.py")
 
 
