@@ -269,6 +269,7 @@ class JudgeConfig:
 WEIGHT_SYNCS = ("object_store", "broadcast")
 LEARNER_STRATEGIES = ("ddp", "fsdp")
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+TIMED_ROLES = ("generator", "reference", "judge", "learner", "dp_worker")
 
 
 @dataclass(frozen=True)
@@ -352,8 +353,27 @@ class PipelineConfig:
     puts one copy in Ray's object store, each generator reads it) or ``broadcast`` (a collective
     from learner rank 0 into the generators: gloo on CPU, NCCL on GPU; bench/weight_sync.py)."""
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    max_restarts: int = 3
+    """How many times the run re-creates a generator, the reference or the judge that died or
+    missed its deadline (their lost calls are re-issued with the same seeds); past it the run stops
+    with a resumable checkpoint, naming the role."""
+    call_timeout_s: float = 600.0
+    """Deadline of every remote call, in seconds from when the run starts waiting for it (0: none):
+    a role that misses it is treated as dead. ``call_timeouts`` overrides it per role."""
+    call_timeouts: dict[str, float] = field(default_factory=dict)
+    """Per-role deadlines overriding ``call_timeout_s``, e.g. ``{judge: 30}`` (roles: generator,
+    reference, judge, learner, dp_worker)."""
 
     def __post_init__(self):
+        if self.max_restarts < 0:
+            raise ConfigError("max_restarts", f"must be ≥ 0, got {self.max_restarts}")
+        if not (self.call_timeout_s >= 0 and math.isfinite(self.call_timeout_s)):
+            raise ConfigError("call_timeout_s", f"must be a finite number ≥ 0 (0: no deadline), got {self.call_timeout_s}")
+        for role, seconds in self.call_timeouts.items():
+            if role not in TIMED_ROLES:
+                raise ConfigError(f"call_timeouts.{role}", f"unknown role; choose from {TIMED_ROLES}")
+            if not (seconds >= 0 and math.isfinite(seconds)):
+                raise ConfigError(f"call_timeouts.{role}", f"must be a finite number ≥ 0, got {seconds}")
         if self.learner_strategy not in LEARNER_STRATEGIES:
             raise ConfigError("learner_strategy", f"must be one of {LEARNER_STRATEGIES}, got {self.learner_strategy!r}")
         if self.weight_sync not in WEIGHT_SYNCS:
@@ -392,10 +412,16 @@ class TrainConfig:
     fixed_prompts: bool = False
     """Play the same training conversations every iteration (OMPO's previous-iterate answers
     then exist for the same states, as in the paper) instead of fresh ones."""
+    max_failures: int = 2
+    """How many times a run rebuilds its learner group (a learner died or missed its deadline, a
+    lost node) and continues from its latest checkpoint, re-running and replacing the iterations
+    since; past it the run stops (resume=true continues it)."""
 
     def __post_init__(self):
         if self.iterations < 1 or self.conversations < 1:
             raise ConfigError("iterations", "iterations ≥ 1 and conversations ≥ 1 are required")
+        if self.max_failures < 0:
+            raise ConfigError("max_failures", f"must be ≥ 0, got {self.max_failures}")
 
 
 @dataclass(frozen=True)
