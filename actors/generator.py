@@ -8,6 +8,7 @@ import json
 import torch
 
 from actors.backends import make_backend
+from actors.remote import state_setting
 from actors.weight_sync import Manifest, WeightGroup
 from framework.errors import InputError
 from framework.models import accelerator, answer_ids, load_policy
@@ -44,6 +45,7 @@ class RolloutGenerator:
         """Returns once every call queued before it has run (the policy version held)."""
         return self.version
 
+    @state_setting
     def set_weights(self, version: int, state_dict: dict) -> int:
         """Load a published policy version; returns the version now held."""
         if version > self.version:

@@ -3,7 +3,15 @@
 A controller talks to roles through a cluster: ``place`` what the roles ask for (one placement
 group per run: each role instance gets a ``Slot``), ``spawn`` a role from a plain class into its
 slot (a ``Handle`` comes back), ``handle.call(Class.method, ...)`` a method (a future comes back),
-``get`` futures. Methods are named by their function, not a string, so "go to definition" works
+``get`` futures.
+
+Faults (issue 15): every ``get`` has a deadline per role (``pipeline.call_timeout_s`` /
+``call_timeouts``). A role spawned ``restartable`` (generators, the reference, judges: what a
+constructor and the last ``@state_setting`` call rebuild) that dies or misses its deadline is
+killed, re-created in its slot and sent again, in order, the last state-setting call it had
+completed and every call it lost, with the same arguments (so seeds: the same samples come back),
+up to ``pipeline.max_restarts`` times. Anything else (a learner) raises ``RoleLost``, for the job
+to rebuild its roles from a checkpoint. Methods are named by their function, not a string, so "go to definition" works
 from the controller and a type checker sees the arguments. ``RayCluster`` runs every role as a Ray
 actor, on a Ray it starts on this machine or on the cluster it joins; ``LocalCluster`` runs them
 in this process (debugging, unit tests) with the same API. An ``AlignplayError`` raised inside an
@@ -15,9 +23,13 @@ from __future__ import annotations
 import importlib.util
 import os
 import socket
+import subprocess
 import sys
+import time
+import uuid
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Concatenate, Generic, ParamSpec, TypeVar
 
 from framework.config import RoleResources
@@ -29,11 +41,33 @@ P = ParamSpec("P")
 Future = Any  # a ray.ObjectRef, or a LocalCluster ``Done``
 
 
+class RoleLost(AlignplayError):
+    """A role died or missed its deadline and was not brought back: ``rebuild`` when it cannot be
+    restarted on its own (a learner: the job rebuilds its roles from a checkpoint), false when a
+    restartable role used up ``pipeline.max_restarts`` (the run stops, resumable)."""
+
+    def __init__(self, role: str, reason: str, *, rebuild: bool):
+        self.role, self.reason, self.rebuild = role, reason, rebuild
+        super().__init__(f"{role} {reason}")
+
+
+def state_setting(method):
+    """Marks a role's method whose call sets the state its later calls depend on (a generator's
+    ``set_weights``): the last completed one is sent again to a re-created actor."""
+    method.state_setting = True
+    return method
+
+
 class Handle(Generic[R]):
     """A role of class ``cls``: a Ray actor or an instance in this process."""
 
     def __init__(self, cls: type[R], target, submit: Callable):
         self.cls, self.target, self._submit = cls, target, submit
+
+    @property
+    def actor(self):
+        """The Ray actor now behind the handle (a re-created role has a new one)."""
+        return getattr(self.target, "actor", self.target)
 
     def call(self, method: Callable[Concatenate[R, P], T], /, *args: P.args, **kwargs: P.kwargs) -> Future:
         """Run ``method`` (a function of the role's class, e.g. ``Learner.train``) on the role;
@@ -187,12 +221,47 @@ class LocalCluster:
     def init_method(self, slot: Slot | None = None) -> str | None:
         return None
 
+    def release(self) -> None:
+        pass
+
     def shutdown(self) -> None:
         pass
 
 
-def _submit_to_actor(actor, method, args, kwargs):
-    return getattr(actor, method.__name__).remote(*args, **kwargs)
+@dataclass(eq=False)
+class _Role:
+    """One actor of a RayCluster and what re-creates it; ``log``: its calls not known to be done
+    (and the last done state-setting one), in the order they were sent."""
+
+    cls: type
+    options: dict
+    pin: list[int] | None
+    kwargs: dict
+    name: str  # e.g. "generator 1"
+    kind: str  # the role, for its deadline: generator, reference, judge, learner, dp_worker
+    restartable: bool
+    actor: Any = None
+    log: list = field(default_factory=list)
+    restarts: int = 0
+
+
+@dataclass(eq=False)
+class Call:
+    """A call on a Ray actor: what was called (to send it again to a re-created actor) and its
+    current future."""
+
+    role: _Role
+    method: Callable
+    args: tuple
+    kwargs: dict
+    ref: Any = None
+    done: bool = False
+
+    def submit(self) -> None:
+        unwrap = lambda a: a.ref if isinstance(a, Call) else a  # noqa: E731
+        self.ref = getattr(self.role.actor, self.method.__name__).remote(
+            *[unwrap(a) for a in self.args], **{k: unwrap(v) for k, v in self.kwargs.items()})
+        self.done = False
 
 
 #: alignplay's packages: shipped to every actor on a cluster the run joins (its nodes may run
@@ -230,7 +299,8 @@ class RayCluster:
     with the job's ``working_dir``), else uploaded for each actor."""
 
     def __init__(self, *, address: str | None = None, num_cpus: int | None = None, concurrent_roles: bool = False,
-                 placement_timeout: float = 300.0, modules: list[str] | tuple[str, ...] = ()):
+                 placement_timeout: float = 300.0, modules: list[str] | tuple[str, ...] = (), max_restarts: int = 0,
+                 deadlines: dict[str, float] | None = None):
         import ray
 
         self.ray = ray
@@ -240,18 +310,27 @@ class RayCluster:
         self.joined = joins_a_cluster(address) or not self.owns_ray
         code = code_paths([*modules, *(PACKAGES if self.joined else ())])
         self.py_modules: list[str] = []  # what each actor's own runtime_env ships
+        self.watchdog = None
         if self.owns_ray:
-            # joining a cluster never sets its size; a Ray of our own gets num_cpus
+            # joining a cluster never sets its size; a Ray of our own gets num_cpus, on loopback only
             size = {} if address else {"num_cpus": num_cpus}
+            if not address:
+                loopback_only(ray)
             ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
                      runtime_env={"py_modules": code} if code else None, **size)
+            if not address:
+                self.watchdog = start_watchdog(ray)
         elif code:  # a Ray started elsewhere in this process: per actor, by the URIs of the uploads
             from ray._private.runtime_env.py_modules import upload_py_modules_if_needed
 
             self.py_modules = upload_py_modules_if_needed({"py_modules": code}, include_gitignore=True,
                                                           scratch_dir=os.getcwd())["py_modules"]
         self.placement_timeout = placement_timeout
-        self.actors, self.groups = [], []
+        self.max_restarts = max_restarts
+        self.deadlines = dict(deadlines or {})  # role kind (or "default") → seconds; 0: none
+        self.roles: list[_Role] = []
+        self.groups = []
+        self.restarts: dict[str, int] = defaultdict(int)  # role name → re-creations, over the run
 
     def nodes(self) -> list[dict[str, float]]:
         """Each alive node's resources."""
@@ -285,8 +364,9 @@ class RayCluster:
         return [[Slot(a, pg, i) for a in group] for i, group in enumerate(groups)]
 
     def spawn(self, cls: type[R], *, slot: Slot | None = None, cpus: float = 1, pin: list[int] | None = None,
-              **kwargs) -> Handle[R]:
-        """``cls(**kwargs)`` as an actor in ``slot`` (else anywhere, with ``cpus`` CPUs)."""
+              restartable: bool = False, **kwargs) -> Handle[R]:
+        """``cls(**kwargs)`` as an actor in ``slot`` (else anywhere, with ``cpus`` CPUs);
+        ``restartable``: re-created when it dies or misses a deadline (module docstring)."""
         env: dict = {}
         if self.concurrent_roles and "OMP_WAIT_POLICY" not in os.environ:
             # Roles that run at the same time on shared cores: idle OpenMP threads must sleep, not
@@ -294,21 +374,112 @@ class RayCluster:
             env["OMP_WAIT_POLICY"] = "PASSIVE"
         runtime_env = {"env_vars": env, **({"py_modules": self.py_modules} if self.py_modules else {})}
         options = _options(slot) if slot is not None else {"num_cpus": cpus}
-        actor = self.ray.remote(cls).options(runtime_env=runtime_env, **options).remote(**kwargs)
-        if pin:
+        name = slot.ask.role if slot is not None else cls.__name__
+        kind = slot.ask.key.rsplit(".", 1)[-1] if slot is not None else ""
+        role = _Role(cls, {"runtime_env": runtime_env, "max_restarts": 0, "max_task_retries": 0, **options}, pin,
+                     kwargs, name, kind, restartable)
+        self._start(role)
+        self.roles.append(role)
+        return Handle(cls, role, self._submit)
+
+    def _start(self, role: _Role) -> None:
+        # named for Ray's tools (`ray list actors`, the dashboard): the role, and a suffix of its own
+        name = f"{role.name} {uuid.uuid4().hex[:8]}"
+        role.actor = self.ray.remote(role.cls).options(name=name, **role.options).remote(**role.kwargs)
+        if role.pin:
             # The CPU stand-in for separate GPUs: the actor's process may only run on these cores.
-            self.ray.get(actor.__ray_call__.remote(lambda self_, cpus=pin: os.sched_setaffinity(0, cpus)))
-        self.actors.append(actor)
-        return Handle(cls, actor, _submit_to_actor)
+            self.ray.get(role.actor.__ray_call__.remote(lambda self_, cpus=role.pin: os.sched_setaffinity(0, cpus)))
+
+    def _submit(self, role: _Role, method, args, kwargs) -> Call:
+        call = Call(role, method, args, kwargs)
+        call.submit()
+        if role.restartable:
+            self._forget_done(role)
+            role.log.append(call)
+        return call
+
+    def _forget_done(self, role: _Role) -> None:
+        """Keep a role's log short: state-setting calls that returned count as done (their results
+        are small), and of the done calls only the last state-setting one stays."""
+        setting = [c for c in role.log if not c.done and getattr(c.method, "state_setting", False)]
+        if setting:
+            ready = set(self.ray.wait([c.ref for c in setting], num_returns=len(setting), timeout=0)[0])
+            for c in setting:
+                c.done = c.ref in ready
+        last = next((c for c in reversed(role.log) if c.done and getattr(c.method, "state_setting", False)), None)
+        role.log = [c for c in role.log if not c.done or c is last]
+
+    def deadline(self, role: _Role) -> float:
+        return self.deadlines.get(role.kind, self.deadlines.get("default", 0.0))
 
     def get(self, futures):
+        """The values of ``futures`` (a list, or one), bringing back restartable roles that died or
+        missed their deadline; an AlignplayError raised in a role is raised here as itself."""
+        start = time.monotonic()
+        if isinstance(futures, list):
+            return [self._get(f, start) for f in futures]
+        return self._get(futures, start)
+
+    def _get(self, future, start: float):
+        exc = self.ray.exceptions
+        while True:
+            if not isinstance(future, Call):
+                return self._value(future, None)
+            seconds = self.deadline(future.role)
+            try:
+                value = self._value(future.ref, max(0.0, start + seconds - time.monotonic()) if seconds else None)
+                future.done = True
+                return value
+            except exc.GetTimeoutError:
+                self._recover(future.role, f"missed its {seconds:g} s deadline ({future.method.__qualname__})")
+            except exc.RayActorError as e:
+                dead = self._role_of(getattr(e, "actor_id", None)) or future.role
+                self._recover(dead, f"died ({_first_line(e)})")
+            start = time.monotonic()  # the re-issued call's deadline starts now
+
+    def _value(self, ref, timeout):
         try:
-            return self.ray.get(futures)
+            return self.ray.get(ref, timeout=timeout)
         except self.ray.exceptions.RayTaskError as e:
             cause = getattr(e, "cause", None)
             if isinstance(cause, AlignplayError):
                 raise cause from None
             raise
+
+    def _role_of(self, actor_id) -> _Role | None:
+        for role in self.roles:
+            if actor_id is not None and role.actor._actor_id.hex() == actor_id:
+                return role
+        return None
+
+    def _recover(self, role: _Role, reason: str) -> None:
+        """Re-create ``role`` and send it again the calls it lost (module docstring), or raise
+        RoleLost."""
+        self.ray.kill(role.actor, no_restart=True)
+        if not role.restartable:
+            raise RoleLost(role.name, reason, rebuild=True)
+        if role.restarts >= self.max_restarts:
+            raise RoleLost(role.name, f"{reason}; pipeline.max_restarts={self.max_restarts} restarts used up",
+                           rebuild=False)
+        role.restarts += 1
+        self.restarts[role.name] += 1
+        # In send order: calls that completed (their results kept by Ray), then the lost rest.
+        lost = next((i for i, c in enumerate(role.log) if not (c.done or self._succeeded(c.ref))), len(role.log))
+        base = next((c for c in reversed(role.log[:lost]) if getattr(c.method, "state_setting", False)), None)
+        print(f"alignplay: {role.name} {reason}; re-created it (restart {role.restarts} of {self.max_restarts}), "
+              f"re-issuing {len(role.log) - lost} call(s)", file=sys.stderr, flush=True)
+        self._start(role)
+        replay = ([base] if base is not None else []) + role.log[lost:]
+        for c in replay:
+            c.submit()
+        role.log = replay
+
+    def _succeeded(self, ref) -> bool:
+        try:
+            self.ray.get(ref, timeout=30)
+            return True
+        except Exception:  # the actor's death, a lost object: the call must run again
+            return False
 
     def init_method(self, slot: Slot | None = None) -> str:
         """A TCP rendezvous for a torch.distributed group whose rank 0 goes into ``slot``: that
@@ -318,19 +489,26 @@ class RayCluster:
 
     def node_of(self, handle: Handle) -> str:
         """The node an actor runs on (``node id[:8] @ ip``)."""
-        return self.ray.get(handle.target.__ray_call__.remote(_where))
+        return self.ray.get(handle.actor.__ray_call__.remote(_where))
 
-    def shutdown(self) -> None:
+    def release(self) -> None:
+        """Kill every role and free the run's placement groups (Ray stays up)."""
         from ray.util.placement_group import remove_placement_group
 
-        for actor in self.actors:
-            self.ray.kill(actor)
-        self.actors = []
+        for role in self.roles:
+            self.ray.kill(role.actor, no_restart=True)
+        self.roles = []
         for pg in self.groups:
             remove_placement_group(pg)
         self.groups = []
+
+    def shutdown(self) -> None:
+        self.release()
         if self.owns_ray:
             self.ray.shutdown()
+        if self.watchdog is not None:
+            self.watchdog.kill()
+            self.watchdog.wait()
 
 
 def _options(slot: Slot) -> dict:
@@ -341,6 +519,28 @@ def _options(slot: Slot) -> dict:
     if slot.group is not None:
         options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(slot.group, slot.bundle)
     return options
+
+
+def _first_line(e: BaseException) -> str:
+    return next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+
+
+def loopback_only(ray) -> None:
+    """A Ray this process starts for itself listens on 127.0.0.1 only: the node's address is the
+    loopback one (Ray's own local-only mode, its default on macOS and Windows), in this process and
+    in the processes Ray starts."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray._private.ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def start_watchdog(ray) -> subprocess.Popen:
+    """A process that outlives this one only to end the Ray it started: when this process dies
+    without shutting Ray down (SIGKILL), it kills every process of that Ray (``actors/watchdog.py``)."""
+    node = ray._private.worker._global_node
+    pids = [p.process.pid for infos in node.all_processes.values() for p in infos if p.process is not None]
+    return subprocess.Popen([sys.executable, str(Path(__file__).with_name("watchdog.py")), str(os.getpid()),
+                             *map(str, pids)], start_new_session=True, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def _rendezvous() -> str:
@@ -363,9 +563,21 @@ def joins_a_cluster(address: str | None) -> bool:
 
 
 def make_cluster(*, use_ray: bool, address: str | None = None, num_cpus: int | None = None,
-                 concurrent_roles: bool = False, placement_timeout: float = 300.0, modules: tuple[str, ...] = ()):
+                 concurrent_roles: bool = False, placement_timeout: float = 300.0, modules: tuple[str, ...] = (),
+                 max_restarts: int = 0, deadlines: dict[str, float] | None = None):
     """Ray actors, or everything in this process; ``concurrent_roles``: roles overlap in time."""
     if not use_ray:
         return LocalCluster()
     return RayCluster(address=address, num_cpus=num_cpus, concurrent_roles=concurrent_roles,
-                      placement_timeout=placement_timeout, modules=modules)
+                      placement_timeout=placement_timeout, modules=modules, max_restarts=max_restarts,
+                      deadlines=deadlines)
+
+
+def cluster_for(pipeline, *, modules: tuple[str, ...] = (), concurrent_roles: bool | None = None):
+    """The cluster of a job's ``pipeline`` config: its layout, restart budget and deadlines
+    (``concurrent_roles``, default: whether ``pipeline.mode`` is async)."""
+    concurrent = pipeline.mode == "async" if concurrent_roles is None else concurrent_roles
+    return make_cluster(use_ray=pipeline.ray, address=pipeline.address, num_cpus=pipeline.num_cpus,
+                        concurrent_roles=concurrent, placement_timeout=pipeline.placement_timeout,
+                        modules=modules, max_restarts=pipeline.max_restarts,
+                        deadlines={"default": pipeline.call_timeout_s, **pipeline.call_timeouts})

@@ -79,9 +79,7 @@ def bench_size(cluster, path: str, repeats: int) -> dict:
 
     seconds = {"copy": copy_s, "object_store": median_seconds(object_store, repeats),
                "broadcast": median_seconds(broadcast, repeats)}
-    for actor in (learner, by_store, by_broadcast):
-        cluster.ray.kill(actor.target)
-    cluster.actors.clear()
+    cluster.release()
     return {"params": params, "seconds": seconds}
 
 

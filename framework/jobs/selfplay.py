@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -29,12 +30,12 @@ from tqdm.auto import tqdm
 from actors.generator import RolloutGenerator
 from actors.judge import PreferenceJudge
 from actors.learner import Learner
-from actors.remote import Ask, Handle, ask, check_local_fit, make_cluster
+from actors.remote import Ask, Handle, RoleLost, ask, check_local_fit, cluster_for
 from framework import checkpoint as ckpt
 from framework.algorithms.registry import get_algorithm
 from framework.algorithms.hooks import Algorithm, Memory, Plan, Source
 from framework.config import AlgoConfig, Config
-from framework.errors import AlignplayError, InputError
+from framework.errors import AlignplayError
 from framework.jobs import evaluate as held_out
 from framework.jobs.rundir import (append_metrics, preflight as check_run_dir, read_summary, timed, truncate,
                                    write_checkpoint, write_summary)
@@ -162,15 +163,18 @@ def build_roles(cfg: Config, task: Task, policy_path: str, cluster) -> Roles:
                               lr=cfg.algo.lr, threads=p.learner_threads, seed=cfg.seed, dtype=cfg.model.dtype,
                               strategy=p.learner_strategy)
                 for i in range(p.learners)]
+    # Generators, the reference and the judge are rebuilt by their constructor and last weights
+    # (a broadcast group cannot take a new member: a generator lost there rebuilds the run).
     generators = [cluster.spawn(RolloutGenerator, slot=slots[f"generator {i}"], pin=pin_gen[i] if pin_gen else None,
-                                model_path=policy_path, backend=p.backend, generator_id=i,
+                                restartable=p.weight_sync != "broadcast", model_path=policy_path, backend=p.backend, generator_id=i,
                                 max_new_tokens=cfg.model.max_new_tokens, threads=p.generator_threads,
                                 dtype=cfg.model.dtype)
                   for i in range(p.generators)]
-    reference = cluster.spawn(RolloutGenerator, slot=slots["reference"], model_path=policy_path, backend=p.backend,
+    reference = cluster.spawn(RolloutGenerator, slot=slots["reference"], restartable=True, model_path=policy_path,
+                              backend=p.backend,
                               generator_id=-1, max_new_tokens=cfg.model.max_new_tokens, threads=1,
                               dtype=cfg.model.dtype)
-    judge = cluster.spawn(PreferenceJudge, slot=slots["judge"], kind=cfg.judge.kind, task=task,
+    judge = cluster.spawn(PreferenceJudge, slot=slots["judge"], restartable=True, kind=cfg.judge.kind, task=task,
                           target=cfg.judge.target, kwargs=dict(cfg.judge.kwargs), retries=cfg.judge.retries)
     pad_id = cluster.get(generators[0].call(RolloutGenerator.pad_id))
     if p.weight_sync == "broadcast":
@@ -272,10 +276,12 @@ def save_checkpoint(roles: Roles, run_dir: Path, state: RunState, iteration: int
 
 
 def resume(roles: Roles, run_dir: Path, algo: Algorithm) -> RunState:
-    """The run state of the latest checkpoint, with the roles' weights restored from it."""
+    """The run state of the latest checkpoint, with the roles' weights restored from it (none
+    yet, after a rebuild: the run starts again)."""
     latest = ckpt.latest_checkpoint(run_dir)
     if latest is None:
-        raise InputError(f"resume=true but {run_dir} has no checkpoint")
+        truncate(run_dir, 0)
+        return RunState(algo.memory())
     saved = ckpt.read_state(latest)
     state = RunState(algo.memory.load(latest), saved["iteration"], saved["policy_version"],
                      counters={k: saved.get(k, 0) for k in ("dropped_stale", "samples_total", "generated_total")})
@@ -317,82 +323,106 @@ def evaluate(roles: Roles, task: Task, states: list, samples: int, seed: int) ->
 
 # --- the run -----------------------------------------------------------------------------------
 def run(cfg: Config, run_dir: Path, *, progress: bool = True) -> dict:
-    """Warm start (cached), then self-play; writes metrics, records, checkpoints and a summary."""
+    """Warm start (cached), then self-play; writes metrics, records, checkpoints and a summary.
+    A lost learner (or a role past its restarts that cannot be replaced alone) rebuilds every role
+    and continues from the latest checkpoint, up to ``train.max_failures`` times."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     task = get_task(**dataclasses.asdict(cfg.task))
+    policy_path = prepare_policy(cfg, task, progress=progress)
+    cluster = cluster_for(cfg.pipeline, modules=judge_modules(cfg.judge.kind, cfg.judge.target))
+    summary = read_summary(run_dir) if cfg.resume else {}
+    bar = tqdm(total=cfg.train.iterations, desc="self-play", disable=not progress, unit="it")
+    faults = {"rebuilds": 0, "restarts": getattr(cluster, "restarts", {})}
+    resuming, loop_start = cfg.resume, time.perf_counter()
+    try:
+        while True:
+            try:
+                summary = selfplay(cfg, run_dir, task, policy_path, cluster, summary, resuming, bar)
+                summary.update(wall_s=time.perf_counter() - loop_start,  # this invocation, after the warm start
+                               faults={"rebuilds": faults["rebuilds"], "restarts": dict(faults["restarts"])})
+                write_summary(run_dir, summary)
+                return summary
+            except RoleLost as e:
+                if not e.rebuild:
+                    raise
+                if faults["rebuilds"] >= cfg.train.max_failures:
+                    raise RoleLost(e.role, f"{e.reason}; train.max_failures={cfg.train.max_failures} rebuilds "
+                                   f"used up (resume=true continues from the latest checkpoint)", rebuild=True) from None
+                faults["rebuilds"] += 1
+                print(f"alignplay: {e}; rebuilding the roles from the latest checkpoint (rebuild "
+                      f"{faults['rebuilds']} of {cfg.train.max_failures})", file=sys.stderr, flush=True)
+                cluster.release()
+                resuming = True
+    finally:
+        bar.close()
+        cluster.shutdown()
+
+
+def selfplay(cfg: Config, run_dir: Path, task: Task, policy_path: str, cluster, summary: dict, resuming: bool,
+             bar) -> dict:
+    """Build the roles, restore the run (``resuming``) and play it to the end: the loop of stages."""
     algo = get_algorithm(cfg.algo.name)
     plan = algo.plan(cfg.algo, source(cfg, task))
-    policy_path = prepare_policy(cfg, task, progress=progress)
-    cluster = make_cluster(use_ray=cfg.pipeline.ray, address=cfg.pipeline.address, num_cpus=cfg.pipeline.num_cpus,
-                           concurrent_roles=cfg.pipeline.mode == "async", placement_timeout=cfg.pipeline.placement_timeout,
-                           modules=judge_modules(cfg.judge.kind, cfg.judge.target))
-    try:
-        roles = build_roles(cfg, task, policy_path, cluster)
-        loop_start = time.perf_counter()
-        state = resume(roles, run_dir, algo) if cfg.resume else RunState(algo.memory())
-        eval_states = task.heldout_states(cfg.eval.conversations, cfg.seed)
-        final_states = task.heldout_states(cfg.eval.final_conversations, cfg.seed + 1)
-        summary = read_summary(run_dir) if cfg.resume else {}
-        summary["init_policy"] = str(Path(policy_path).resolve())
-        if "start" not in summary:
-            summary["start"] = evaluate(roles, task, final_states, cfg.eval.samples, seed=cfg.seed)
-            write_summary(run_dir, summary)
-        sync = cfg.pipeline.mode == "sync"
-        generation = Generation(roles, plan, seed=cfg.seed, iterations=cfg.train.iterations,
-                                ahead=0 if sync else cfg.pipeline.max_staleness, start=state.iteration)
-        options = {name: getattr(cfg.algo, name) for name in algo.options}
-        judge_name = cfg.judge.target or cfg.judge.kind
-        bar = tqdm(total=cfg.train.iterations, initial=state.iteration, desc="self-play", disable=not progress,
-                   unit="it")
-        for t in range(state.iteration, cfg.train.iterations):
-            m: dict = {"iteration": t + 1}
-            wall = time.perf_counter()
-            try:
-                with timed(m, "generate"):
-                    rollouts = generation.take(t)
-                with timed(m, "judge"):
-                    fresh, stale = split_stale(rollouts, state.version, plan.max_age(cfg.pipeline.max_staleness))
-                    comparisons = judge(roles, plan.pairs(rollouts) + state.memory.pairs(fresh), t, judge_name)
-                with timed(m, "build_batch"):
-                    batch = algo.build_batch(fresh, comparisons, keep=cfg.algo.keep, pad_id=roles.pad_id, **options)
-                    m.update(state.memory.observe(fresh, comparisons))
-                with timed(m, "update"):
-                    m.update(update(roles, batch, cfg.algo, cfg.algo.lr_at(t, cfg.train.iterations)))
-                    state.version += 1
-                with timed(m, "sync_weights"):
-                    if plan.publishes(t):
-                        state.held = sync_weights(roles, state.version, wait=sync)
-            except AlignplayError:
-                # Stop with a resumable checkpoint: each iteration makes exactly one update, so
-                # `version` iterations are complete (whichever stage failed).
-                save_checkpoint(roles, run_dir, state, state.version, cfg.checkpoint.keep)
-                raise
-            state.count(rollouts, stale, batch)
-            with timed(m, "checkpoint"):
-                if (t + 1) % cfg.checkpoint.every == 0 and t + 1 < cfg.train.iterations:
-                    save_checkpoint(roles, run_dir, state, t + 1, cfg.checkpoint.keep)
-            with timed(m, "evaluate"):
-                if (t + 1) % cfg.eval.every == 0 or t + 1 == cfg.train.iterations:
-                    m.update(evaluate(roles, task, eval_states, cfg.eval.samples, seed=cfg.seed + t + 1))
-            with timed(m, "log"):
-                log(run_dir, m, state, rollouts, fresh, stale, comparisons, batch)
-            elapsed = time.perf_counter() - wall
-            append_metrics(run_dir, {**m, "samples_per_s": len(batch) / elapsed, "iteration_s": elapsed})
-            bar.update(1)
-            if m["win_rate_vs_init"] is not None:
-                bar.set_postfix(win_rate=f"{m['win_rate_vs_init']:.3f}")
-        bar.close()
-        cluster.get([g.call(RolloutGenerator.ping) for g in roles.generators])  # drain queued weight syncs
-        final = save_checkpoint(roles, run_dir, state, cfg.train.iterations, cfg.checkpoint.keep, final=True)
-        if state.held[0] != state.version:  # a run ending mid-round: evaluate the learner's latest policy
-            state.held = sync_weights(roles, state.version, wait=True)
-        summary.update(final=evaluate(roles, task, final_states, cfg.eval.samples, seed=cfg.seed + 10**6),
-                       final_policy=str((final / "policy").resolve()), iterations=cfg.train.iterations,
-                       samples_generated=state.counters["generated_total"],
-                       # seconds of this invocation after the (cached) warm start; a resume counts its part
-                       wall_s=time.perf_counter() - loop_start)
+    roles = build_roles(cfg, task, policy_path, cluster)
+    state = resume(roles, run_dir, algo) if resuming else RunState(algo.memory())
+    bar.n = state.iteration
+    bar.refresh()
+    eval_states = task.heldout_states(cfg.eval.conversations, cfg.seed)
+    final_states = task.heldout_states(cfg.eval.final_conversations, cfg.seed + 1)
+    summary["init_policy"] = str(Path(policy_path).resolve())
+    if "start" not in summary:
+        summary["start"] = evaluate(roles, task, final_states, cfg.eval.samples, seed=cfg.seed)
         write_summary(run_dir, summary)
-        return summary
-    finally:
-        cluster.shutdown()
+    sync = cfg.pipeline.mode == "sync"
+    generation = Generation(roles, plan, seed=cfg.seed, iterations=cfg.train.iterations,
+                            ahead=0 if sync else cfg.pipeline.max_staleness, start=state.iteration)
+    options = {name: getattr(cfg.algo, name) for name in algo.options}
+    judge_name = cfg.judge.target or cfg.judge.kind
+    for t in range(state.iteration, cfg.train.iterations):
+        m: dict = {"iteration": t + 1}
+        wall = time.perf_counter()
+        try:
+            with timed(m, "generate"):
+                rollouts = generation.take(t)
+            with timed(m, "judge"):
+                fresh, stale = split_stale(rollouts, state.version, plan.max_age(cfg.pipeline.max_staleness))
+                comparisons = judge(roles, plan.pairs(rollouts) + state.memory.pairs(fresh), t, judge_name)
+            with timed(m, "build_batch"):
+                batch = algo.build_batch(fresh, comparisons, keep=cfg.algo.keep, pad_id=roles.pad_id, **options)
+                m.update(state.memory.observe(fresh, comparisons))
+            with timed(m, "update"):
+                m.update(update(roles, batch, cfg.algo, cfg.algo.lr_at(t, cfg.train.iterations)))
+                state.version += 1
+            with timed(m, "sync_weights"):
+                if plan.publishes(t):
+                    state.held = sync_weights(roles, state.version, wait=sync)
+        except AlignplayError as e:
+            # Stop with a resumable checkpoint: each iteration makes exactly one update, so
+            # `version` iterations are complete (whichever stage failed). A lost learner has
+            # nothing to save: the run rebuilds from the latest checkpoint.
+            if not (isinstance(e, RoleLost) and e.rebuild):
+                save_checkpoint(roles, run_dir, state, state.version, cfg.checkpoint.keep)
+            raise
+        state.count(rollouts, stale, batch)
+        with timed(m, "checkpoint"):
+            if (t + 1) % cfg.checkpoint.every == 0 and t + 1 < cfg.train.iterations:
+                save_checkpoint(roles, run_dir, state, t + 1, cfg.checkpoint.keep)
+        with timed(m, "evaluate"):
+            if (t + 1) % cfg.eval.every == 0 or t + 1 == cfg.train.iterations:
+                m.update(evaluate(roles, task, eval_states, cfg.eval.samples, seed=cfg.seed + t + 1))
+        with timed(m, "log"):
+            log(run_dir, m, state, rollouts, fresh, stale, comparisons, batch)
+        elapsed = time.perf_counter() - wall
+        append_metrics(run_dir, {**m, "samples_per_s": len(batch) / elapsed, "iteration_s": elapsed})
+        bar.update(1)
+        if m["win_rate_vs_init"] is not None:
+            bar.set_postfix(win_rate=f"{m['win_rate_vs_init']:.3f}")
+    cluster.get([g.call(RolloutGenerator.ping) for g in roles.generators])  # drain queued weight syncs
+    final = save_checkpoint(roles, run_dir, state, cfg.train.iterations, cfg.checkpoint.keep, final=True)
+    if state.held[0] != state.version:  # a run ending mid-round: evaluate the learner's latest policy
+        state.held = sync_weights(roles, state.version, wait=True)
+    summary.update(final=evaluate(roles, task, final_states, cfg.eval.samples, seed=cfg.seed + 10**6),
+                   final_policy=str((final / "policy").resolve()), iterations=cfg.train.iterations,
+                   samples_generated=state.counters["generated_total"])
+    return summary

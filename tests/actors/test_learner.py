@@ -139,7 +139,7 @@ def test_a_sharded_group_takes_the_full_batch_step_and_checkpoints_what_a_replic
         full, nothing = cluster.get([w.call(Learner.weights) for w in pair])
         cluster.get([w.call(Learner.save, str(tmp_path)) for w in pair])
         for w in pair:
-            cluster.ray.kill(w.target)
+            cluster.ray.kill(w.actor)
         resumed = sharded_pair(cluster)
         cluster.get([w.call(Learner.load, str(tmp_path), 1) for w in resumed])
         out = step(cluster, resumed, second)
