@@ -224,11 +224,54 @@ def job_submit(run_dir: Path) -> None:
         cluster.shutdown()
 
 
+def node_loss(run_dir: Path) -> None:
+    """A sync run over three nodes (the learner held on node_a); once two iterations are logged
+    the node running generator 0 (node_b or node_c) is removed. Its roles are re-created on the surviving nodes and
+    the run completes every iteration, each record once."""
+    import threading
+    import time
+
+    import pyarrow.parquet as pq
+    import ray._private.state
+
+    from framework.jobs import selfplay
+
+    with cluster(dict(num_cpus=1, resources={"node_a": 1}),
+                 *(dict(num_cpus=1, resources={f"node_{x}": 1, "spare": 1}) for x in "bc")) as c:
+        # the learner on node_a; generator 0 on node_b or node_c, either able to take it
+        cfg = config("train.iterations=6", "eval.every=3", "checkpoint.every=2", "pipeline.mode=sync",
+                     "pipeline.placement=disaggregated", "pipeline.resources.learner.resources={node_a: 0.01}",
+                     "pipeline.resources.generator.resources={spare: 0.01}")
+        names, done = node_names(c), {}
+        thread = threading.Thread(target=lambda: done.update(summary=selfplay.run(cfg, run_dir, progress=False)),
+                                  daemon=True)
+        thread.start()
+        metrics = run_dir / "metrics.jsonl"
+        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2) and thread.is_alive():
+            time.sleep(0.1)
+        generator = next(a for a in ray._private.state.actors().values()
+                         if a["State"] == "ALIVE" and a["Name"].startswith("generator 0 "))
+        lost = generator["Address"]["NodeID"]
+        assert names[lost[:8]] != "node_a", names
+        c.remove_node(next(n for n in c.worker_nodes if n.node_id == lost))
+        print(f"removed {names[lost[:8]]} (generator 0's node)", flush=True)
+        thread.join(timeout=900)
+        summary = done["summary"]
+        print(f"faults {json.dumps(summary['faults'])}", flush=True)
+        rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+        assert [r["iteration"] for r in rows] == list(range(1, 7)), rows
+        keys = [(r["iteration"], r["conversation_id"], r["turn"], r["sample"], r["branch_of"])
+                for r in pq.read_table(run_dir / "rollouts").to_pylist()]
+        assert len(keys) == len(set(keys)) == 6 * 6 * 2 * 3, len(keys)  # iterations × conversations × turns × K
+        assert sorted({k[0] for k in keys}) == list(range(6))
+        assert summary["faults"]["restarts"].get("generator 0", 0) >= 1, summary["faults"]
+
+
 def main(name: str, run_dir: str) -> None:
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     {"roles": roles_land_where_their_resources_say, "selfplay": selfplay_across_nodes,
      "dp": dp_workers_across_nodes, "too_many_gpus": more_gpus_than_the_cluster_has,
-     "job": job_submit}[name](Path(run_dir))
+     "job": job_submit, "node_loss": node_loss}[name](Path(run_dir))
     print(json.dumps({"scenario": name, "ok": True}))
 
 

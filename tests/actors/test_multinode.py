@@ -14,7 +14,8 @@ def run_scenario(name: str, tmp_path: Path, cache_dir: Path, capsys) -> list[str
     env.pop("RAY_ADDRESS", None)
     res = subprocess.run([sys.executable, str(SCENARIOS), name, str(tmp_path / name)], capture_output=True, text=True,
                          env=env, timeout=900)
-    lines = [line for line in res.stdout.splitlines() if line.startswith(("node ", "error ", "job "))]
+    lines = [line for line in res.stdout.splitlines() if line.startswith(("node ", "error ", "job ", "removed ",
+                                                                            "faults "))]
     with capsys.disabled():  # where each role ran, in the test log
         print("".join(f"\n  [{name}] {line}" for line in lines))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
@@ -45,3 +46,9 @@ def test_ray_job_submit_runs_the_quickstart_with_the_repository_as_working_dir(t
                                                                                 capsys):
     (line,) = run_scenario("job", tmp_path, cache_dir, capsys)
     assert "succeeded" in line
+
+
+def test_a_lost_node_s_roles_are_rescheduled_on_the_survivors_and_the_run_completes(tiny_policy, cache_dir,
+                                                                                    tmp_path, capsys):
+    lines = run_scenario("node_loss", tmp_path, cache_dir, capsys)
+    assert any(line.startswith("removed node_") for line in lines), lines
