@@ -76,6 +76,11 @@ class Rollout:
         return json.loads(self.messages)
 
     @property
+    def key(self) -> tuple:
+        """What names this rollout in a run: each is written once."""
+        return self.iteration, self.conversation_id, self.turn, self.sample, self.branch_of
+
+    @property
     def logprob(self) -> float:
         return float(sum(self.response_logprobs))
 
@@ -96,6 +101,11 @@ class Comparison:
     opponent: str = "self"
     # h ≥ 0: a and b are the continuations (at this turn) of answers a and b of turn h
     branch_of: int = -1
+
+    @property
+    def key(self) -> tuple:
+        """What names this comparison in a run: each is written once."""
+        return self.iteration, self.conversation_id, self.turn, self.a, self.b, self.opponent, self.branch_of
 
 
 @dataclass(frozen=True)
@@ -190,6 +200,11 @@ def write_parquet(records: list, path: Path) -> None:
 
     if not records:
         return
+    seen: set = set()
+    for r in records:  # exactly once: a shard holds one iteration, written whole (a re-run replaces it)
+        if r.key in seen:
+            raise RuntimeError(f"{path}: {type(r).__name__} {r.key} written twice")
+        seen.add(r.key)
     schema = {Rollout: ROLLOUT_SCHEMA, Comparison: COMPARISON_SCHEMA}[type(records[0])]
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist([asdict(r) for r in records], schema=schema), path)

@@ -127,6 +127,15 @@ def clean(ray_session, tiny_policy, cache_dir, tmp_path_factory):
     return {**records(run_dir), "wall_s": time.perf_counter() - start, "summary": summary}
 
 
+@pytest.fixture(scope="module")
+def clean_async(ray_session, tiny_policy, cache_dir, tmp_path_factory):
+    """The run without a fault in async mode (generation one version ahead of the learner)."""
+    run_dir = tmp_path_factory.mktemp("clean_async")
+    start = time.perf_counter()
+    run_selfplay(config(cache_dir, "pipeline.mode=async"), run_dir, progress=False)
+    return {**records(run_dir), "wall_s": time.perf_counter() - start}
+
+
 def faulty_run(cache_dir, run_dir: Path, prefix: str, after: list[int], *extra) -> tuple[dict, dict, Killer]:
     killer = Killer(run_dir, prefix, after)
     killer.start()
@@ -157,6 +166,13 @@ def test_a_killed_stateless_role_is_restarted_and_its_calls_reissued(role, clean
     assert len(killer.killed) == 1
     assert summary["faults"] == {"rebuilds": 0, "restarts": {role: 1}}
     check_survived(f"kill -9 {role}", run, clean)
+
+
+def test_in_async_mode_a_killed_generator_gets_back_its_queued_calls_in_order(clean_async, cache_dir, tmp_path):
+    # its queue holds the next iteration's generation and weights: re-sent after its last weights
+    summary, run, killer = faulty_run(cache_dir, tmp_path, "generator 0 ", [2], "pipeline.mode=async")
+    assert len(killer.killed) == 1 and summary["faults"]["restarts"] == {"generator 0": 1}
+    check_survived("kill -9 generator 0 (async)", run, clean_async)
 
 
 def test_a_hung_judge_misses_its_deadline_and_is_replaced(clean, cache_dir, tmp_path, plugin):
