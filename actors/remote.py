@@ -209,7 +209,7 @@ class LocalCluster:
         return [[Slot(a) for a in group] for group in groups]
 
     def spawn(self, cls: type[R], *, slot: Slot | None = None, cpus: float = 1, pin: list[int] | None = None,
-              **kwargs) -> Handle[R]:
+              restartable: bool = False, **kwargs) -> Handle[R]:
         return Handle(cls, cls(**kwargs), _run_here)
 
     def node_of(self, handle: Handle) -> str:
