@@ -12,6 +12,7 @@ its GPU, else the CPU); how a batch is trained on is the algorithm's ``update`` 
 
 from __future__ import annotations
 
+import math
 import shutil
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ from actors.weight_sync import Manifest, WeightGroup, gather
 from framework.algorithms.registry import get_algorithm
 from framework.checkpoint import load_optimizer, read_optimizer, save_optimizer
 from framework.config import LEARNER_STRATEGIES
+from framework.errors import NonFiniteError
 from framework.losses import sequence_logprob, sft_loss, token_logprobs
 from framework.models import accelerator, autocast, group_backend, load_policy, load_reference
 from framework.records import TrainBatch
@@ -89,6 +91,7 @@ class Learner:
                 self.model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[self.device.index] if cuda else None)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
         self.version = 0
+        self.steps_taken = 0  # optimizer steps of the current update
         self.weight_group: WeightGroup | None = None  # pipeline.weight_sync=broadcast: rank 0 hosts it
         self.manifest: Manifest | None = None
         self.model_path, self.lr = model_path, lr
@@ -108,11 +111,25 @@ class Learner:
     def step(self, loss: torch.Tensor, optimizer=None, module=None) -> float:
         """One clipped step of ``optimizer`` on ``module`` (default: the policy's); the gradient norm."""
         optimizer, module = optimizer or self.optimizer, module or self.module
+        value = self._over_ranks(loss)  # (before backward: the ranks stop together or not at all)
+        if not math.isfinite(value):
+            raise NonFiniteError(f"the loss is {value}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+        norm = float(norm.full_tensor() if isinstance(norm, DTensor) else norm)  # (the same on every rank)
+        if not math.isfinite(norm):
+            raise NonFiniteError(f"the gradient norm is {norm}")
         optimizer.step()
-        return float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
+        self.steps_taken += 1
+        return norm
+
+    def _over_ranks(self, value: torch.Tensor) -> float:
+        """A scalar summed over the learner ranks: non-finite when it is on any rank."""
+        value = value.detach().float().clone()
+        if self.world_size > 1:
+            dist.all_reduce(value)
+        return float(value)
 
     @torch.no_grad()
     def reference_logp(self, batch: TrainBatch) -> torch.Tensor:
@@ -147,8 +164,20 @@ class Learner:
         algo = get_algorithm(algorithm)
         if kl_coef and "kl_coef" not in algo.accepts:
             raise ValueError(f"{algorithm} has no KL penalty (kl_coef)")
-        out = algo.update(self, batch.to(self.device), loss=algo.loss, eta=eta, tau=tau, link=link, kl_coef=kl_coef, epochs=epochs,
-                          minibatches=minibatches)
+        self.steps_taken = 0
+        try:
+            out = algo.update(self, batch.to(self.device), loss=algo.loss, eta=eta, tau=tau, link=link, kl_coef=kl_coef,
+                              epochs=epochs, minibatches=minibatches)
+            weights = (q.to_local() if isinstance(q, DTensor) else q for q in self.module.parameters())
+            if self._over_ranks(sum((~torch.isfinite(q)).sum() for q in weights)):  # before they are published
+                raise NonFiniteError("the weights are not finite")
+        except NonFiniteError as e:
+            # a step is refused before it is taken, but earlier steps of the update leave weights
+            # that belong to no iteration: the driver then keeps its last checkpoint
+            applied = ("nothing was applied" if not self.steps_taken else
+                       f"{self.steps_taken} optimizer step(s) of this update were applied and are not saved")
+            raise NonFiniteError(f"iteration {self.version + 1}: {e}; {applied}", step=self.version + 1,
+                                 applied=self.steps_taken) from None
         self.version += 1
         return {**out, "version": self.version, "train_seconds": time.perf_counter() - start}
 
@@ -159,7 +188,10 @@ class Learner:
             logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
         loss = sft_loss(token_logp=token_logprobs(logits=logits, input_ids=batch.input_ids),
                         mask=batch.response_mask).mean()
-        self.step(loss)
+        try:
+            self.step(loss)
+        except NonFiniteError as e:
+            raise NonFiniteError(f"warm start: {e} (lower warm_start.lr)") from None
         return float(loss.detach())
 
     def weights(self) -> dict | None:

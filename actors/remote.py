@@ -5,7 +5,7 @@ group per run: each role instance gets a ``Slot``), ``spawn`` a role from a plai
 slot (a ``Handle`` comes back), ``handle.call(Class.method, ...)`` a method (a future comes back),
 ``get`` futures.
 
-Faults (issue 15): every ``get`` has a deadline per role (``pipeline.call_timeout_s`` /
+Faults: every ``get`` has a deadline per role (``pipeline.call_timeout_s`` /
 ``call_timeouts``). A role spawned ``restartable`` (generators, the reference, judges: what a
 constructor and the last ``@state_setting`` call rebuild) that dies or misses its deadline is
 killed, re-created in its slot and sent again, in order, the last state-setting call it had

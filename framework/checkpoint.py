@@ -16,6 +16,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from framework.errors import InputError
+from framework.models import check_model_path, check_safetensors
+
 
 def save_optimizer(optimizer: torch.optim.Optimizer, directory: Path, state: dict | None = None) -> None:
     """``state`` (default ``optimizer.state_dict()``: parameters by index) as safetensors + JSON."""
@@ -56,7 +59,34 @@ def write_state(directory: Path, state: dict) -> None:
 
 
 def read_state(directory: Path) -> dict:
-    return json.loads((directory / "state.json").read_text())
+    """``state.json``; a file that is not a JSON object with an integer ``iteration`` is an InputError."""
+    path = Path(directory) / "state.json"
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"{path}: not valid JSON ({str(e).splitlines()[0]}); the checkpoint is corrupt") from None
+    if not isinstance(state, dict) or not isinstance(state.get("iteration"), int):
+        raise InputError(f"{path}: expected a JSON object with an integer 'iteration'; the checkpoint is corrupt")
+    return state
+
+
+def check_checkpoint(directory: Path) -> dict:
+    """What a resume reads from a checkpoint is there and whole: its state (returned), the policy
+    (config, tokenizer, weights), the optimizer state, and every other JSON and safetensors file."""
+    directory = Path(directory)
+    state = read_state(directory)
+    check_model_path(directory / "policy", "resume")
+    for name in ("optimizer.json", "optimizer.safetensors"):
+        if not (directory / name).is_file():
+            raise InputError(f"resume: {directory / name} is missing (the optimizer state a resume continues with)")
+    for path in sorted(directory.rglob("*.json")):
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise InputError(f"resume: {path} is not valid JSON ({str(e).splitlines()[0]})") from None
+    for path in sorted(directory.rglob("*.safetensors")):
+        check_safetensors(path, "resume")
+    return state
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

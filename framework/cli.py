@@ -59,14 +59,15 @@ def _markov(args) -> None:
 
 
 def _run(args) -> None:
-    from framework.config import load_config, to_yaml
+    from framework.config import load_config
     from framework.jobs import JOBS, run_job
+    from framework.jobs.rundir import write_config
 
     cfg = load_config(args.config, args.overrides)
     run_dir = Path(args.run_dir or f"runs/{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     JOBS[cfg.job].preflight(cfg, run_dir)  # bad input fails here, before the run directory is touched
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # the user's alone (a new one)
+    write_config(run_dir, cfg)
     run_job(cfg, run_dir)
     print(f"run directory: {run_dir}")
 

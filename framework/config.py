@@ -418,8 +418,10 @@ class TrainConfig:
     since; past it the run stops (resume=true continues it)."""
 
     def __post_init__(self):
-        if self.iterations < 1 or self.conversations < 1:
-            raise ConfigError("iterations", "iterations ≥ 1 and conversations ≥ 1 are required")
+        if self.iterations < 1:
+            raise ConfigError("iterations", f"must be ≥ 1, got {self.iterations}")
+        if self.conversations < 1:
+            raise ConfigError("conversations", f"must be ≥ 1, got {self.conversations}")
         if self.max_failures < 0:
             raise ConfigError("max_failures", f"must be ≥ 0, got {self.max_failures}")
 
@@ -438,8 +440,9 @@ class EvalConfig:
     """Answers sampled per held-out state."""
 
     def __post_init__(self):
-        if min(self.every, self.conversations, self.final_conversations, self.samples) < 1:
-            raise ConfigError("every", "every, conversations, final_conversations and samples must be ≥ 1")
+        for name in ("every", "conversations", "final_conversations", "samples"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, f"must be ≥ 1, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -742,6 +745,58 @@ def _parse_overrides(overrides: list[str]):
         raise ConfigError("", f"bad override: {_first_line(e)}") from None
 
 
+#: Key names that hold secrets, at any level and in any case (``judge.kwargs.api_key``): a config
+#: takes them from the environment (``${oc.env:VAR}``), never as literals, and no file shows them.
+SECRET_NAMES = ("api_key", "apikey", "token", "access_token", "password", "secret", "authorization")
+REDACTED = "***"
+
+
+def is_secret(key) -> bool:
+    """Whether a key names a secret: one of ``SECRET_NAMES``, or ``_`` + one of them but ``token``
+    at its end (``openai_api_key``, ``db_password``; not ``eos_token``)."""
+    name = str(key).lower().replace("-", "_")
+    return name in SECRET_NAMES or any(name.endswith("_" + s) for s in SECRET_NAMES if s != "token")
+
+
+def _env_values(raw, path: tuple = ()) -> dict[tuple, str]:
+    """Where the unresolved config ``raw`` takes a value from the environment (key path → its
+    ``${oc.env:...}``); refuses secrets written as literals, also in a comparison's ``key=value``
+    overrides."""
+    found = {}
+    for key, value in raw.items() if isinstance(raw, dict) else enumerate(raw):
+        here = (*path, key)
+        if isinstance(value, (dict, list)):
+            found.update(_env_values(value, here))
+        elif isinstance(value, str) and "${oc.env:" in value:
+            found[here] = value
+        elif is_secret(key) and value not in (None, ""):
+            raise _literal_secret(".".join(str(k) for k in here))
+        elif isinstance(value, str) and isinstance(key, int) and "=" in value:  # a comparison's override
+            name, literal = value.split("=", 1)
+            if literal and is_secret(name.rsplit(".", 1)[-1]):
+                raise ConfigError(".".join(str(k) for k in here), str(_literal_secret(name)))
+    return found
+
+
+def _literal_secret(dotted: str) -> ConfigError:
+    name = dotted.rsplit(".", 1)[-1].upper()
+    return ConfigError(dotted, f"a secret must not be written in a config; use {dotted}='${{oc.env:MY_{name}}}'")
+
+
+def _resolved(merged) -> Config:
+    """The Config of a merged tree; it remembers which values came from the environment (``to_yaml``
+    writes those back unresolved)."""
+    env = _env_values(OmegaConf.to_container(merged, resolve=False))
+    try:
+        data = OmegaConf.to_container(merged, resolve=True)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None)
+        raise ConfigError(key or "", _first_line(Exception(getattr(e, "msg", None) or _first_line(e)))) from None
+    cfg = _build(Config, data, "")
+    object.__setattr__(cfg, "_env", env)  # (not a field: no key of the schema, no part of equality)
+    return cfg
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
     """Load a YAML config (or the defaults) with ``key=value`` overrides into a ``Config``."""
     layers = []
@@ -763,26 +818,40 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         if merged.quick:
             merged = OmegaConf.merge(schema, *layers, OmegaConf.from_dotlist(
                 [f"{k}={v}" for k, v in QUICK.items()]), cli)
-        data = OmegaConf.to_container(merged, resolve=True)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)
         msg = getattr(e, "msg", None) or _first_line(e)
         raise ConfigError(key or "", _first_line(Exception(msg))) from None
-    return _build(Config, data, "")
+    return _resolved(merged)
 
 
 def with_overrides(cfg: Config, overrides: list[str]) -> Config:
     """A copy of ``cfg`` with ``key=value`` overrides, validated like a loaded config."""
     schema = OmegaConf.structured(Config)
-    try:
+    try:  # (values from the environment are taken from it again)
         merged = OmegaConf.merge(schema, OmegaConf.create(to_yaml(cfg)), _parse_overrides(list(overrides)))
-        data = OmegaConf.to_container(merged, resolve=True)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)
         raise ConfigError(key or "", _first_line(Exception(getattr(e, "msg", None) or _first_line(e)))) from None
-    return _build(Config, data, "")
+    return _resolved(merged)
 
 
 def to_yaml(cfg: Config) -> str:
-    """The resolved config as YAML (written to every run directory)."""
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    """The config as YAML (written to every run directory): resolved, but what came from the
+    environment stays ``${oc.env:VAR}`` (a resumed run takes it from there again), and a secret
+    from anywhere else is redacted."""
+    data = OmegaConf.to_container(OmegaConf.structured(cfg))
+    env = getattr(cfg, "_env", {})
+
+    def unresolve(node, path: tuple) -> None:
+        for key, value in node.items() if isinstance(node, dict) else enumerate(node):
+            here = (*path, key)
+            if here in env:
+                node[key] = env[here]
+            elif isinstance(value, (dict, list)):
+                unresolve(value, here)
+            elif is_secret(key) and value not in (None, ""):
+                node[key] = REDACTED
+
+    unresolve(data, ())
+    return OmegaConf.to_yaml(OmegaConf.create(data))

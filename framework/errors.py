@@ -22,3 +22,14 @@ class ConfigError(InputError):
         self.key = key
         self.message = message
         super().__init__(f"{key}: {message}" if key else message)
+
+
+class NonFiniteError(AlignplayError):
+    """Training met a non-finite loss, gradient or weight and stopped before using it.
+
+    ``step``: the iteration (self-play) or step (DP) it happened in; ``applied``: optimizer steps
+    of that update already taken (0: the weights are still the last good ones)."""
+
+    def __init__(self, message: str, *, step: int | None = None, applied: int = 0):
+        super().__init__(message)
+        self.step, self.applied = step, applied

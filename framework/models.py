@@ -133,12 +133,53 @@ def answer_ids(tokenizer, messages: list[dict], text: str) -> tuple[list[int], l
 
 
 def check_model_path(path: str | Path, field: str = "model.path") -> None:
-    """A local path must exist; anything else must look like a hub id (``org/name``)."""
+    """A local path must be a whole model directory (a config, a tokenizer and weights that are
+    not cut short); anything else must look like a hub id (``org/name``)."""
     local = Path(path).expanduser()
     if not local.exists() and (str(path).startswith((".", "/", "~")) or str(path).count("/") > 1):
         raise InputError(f"{field}: {path} does not exist")
-    if local.exists() and not (local / "config.json").exists():
+    if not local.exists():
+        return
+    if not (local / "config.json").is_file():
         raise InputError(f"{field}: {path} has no config.json (not a Hugging Face model directory)")
+    _check_json(local / "config.json", field)
+    if not any((local / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        raise InputError(f"{field}: {path} has no tokenizer (tokenizer.json or tokenizer_config.json)")
+    if (local / "model.safetensors").is_file():
+        check_safetensors(local / "model.safetensors", field)
+    elif (local / "model.safetensors.index.json").is_file():
+        index = _check_json(local / "model.safetensors.index.json", field)
+        for shard in sorted(set(index.get("weight_map", {}).values()) if isinstance(index, dict) else ()):
+            if not (local / shard).is_file():
+                raise InputError(f"{field}: {local / shard} (a shard named in model.safetensors.index.json) "
+                                 f"does not exist")
+            check_safetensors(local / shard, field)
+    elif not any((local / name).is_file() for name in ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+        raise InputError(f"{field}: {path} holds no weights (expected model.safetensors or pytorch_model.bin)")
+
+
+def _check_json(path: Path, field: str):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"{field}: {path} is not valid JSON ({str(e).splitlines()[0]})") from None
+
+
+def check_safetensors(path: Path, field: str) -> None:
+    """A safetensors file is whole: its header parses and the file is as long as the header says
+    (a truncated copy fails here, with its name, rather than deep inside a load). Reads the header only."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        n = int.from_bytes(f.read(8), "little") if size >= 8 else 0
+        try:
+            header = json.loads(f.read(n)) if 0 < n <= size - 8 else None
+            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            header = None
+    if not isinstance(header, dict):
+        raise InputError(f"{field}: {path} is not a safetensors file (its header is unreadable: truncated or corrupt)")
+    if size != 8 + n + end:
+        raise InputError(f"{field}: {path} is truncated or corrupt: {size} bytes, its header describes {8 + n + end}")
 
 
 def load_policy(path: str | Path, *, dtype: str = "float32"):

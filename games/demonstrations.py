@@ -1,6 +1,7 @@
 """Demonstrations for reward learning and the warm start: (state, response) pairs from a file or a task.
 
-A file is JSONL or Parquet, read with ``datasets``, one demonstration per row, in either form:
+A file is JSONL (read with ``games.jsonl``) or Parquet (read with ``datasets``), one demonstration per
+row, in either form:
 
 - ``messages``: a chat conversation (``[{"role", "content"}, ...]``) ending with the demonstrated
   assistant turn, earlier turns being the context;
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from framework.errors import InputError, excerpt
+from games.jsonl import read_jsonl
 
 ROLES = ("system", "user", "assistant")
 
@@ -70,28 +72,29 @@ def load_demonstrations(path: str | Path) -> list[Demonstration]:
     """Every demonstration of a JSONL or Parquet file (see the module docstring)."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise InputError(f"demonstrations: {path} does not exist")
+        raise InputError(f"demos.path: {path} does not exist" if not path.exists() else
+                         f"demos.path: {path} is not a file")
     kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(path.suffix)
     if kind is None:
-        raise InputError(f"demonstrations: {path} must be .jsonl or .parquet")
-    if kind == "json":  # name the row of a syntax error (datasets would only name the file)
-        import json
+        raise InputError(f"demos.path: {path} must be .jsonl or .parquet")
+    if kind == "json":
+        rows = [row for _, row in read_jsonl(path)]
+        for i, row in enumerate(rows):
+            if not isinstance(row, dict):
+                raise InputError(f"{path}: row {i}: expected a JSON object, got {excerpt(row)}")
+        columns = set().union(*rows)
+    else:
+        from datasets import load_dataset
 
-        with path.open(encoding="utf-8") as f:
-            for i, line in enumerate(f):
-                try:
-                    json.loads(line) if line.strip() else None
-                except json.JSONDecodeError as e:
-                    raise InputError(f"{path}: row {i}: not valid JSON ({e.msg} at column {e.colno})") from None
-    from datasets import load_dataset
-
-    try:
-        rows = load_dataset(kind, data_files=str(path), split="train")
-    except Exception as e:  # a file datasets cannot parse at all
-        raise InputError(f"demonstrations: {path} is not readable as {kind} ({str(e).splitlines()[0]})") from None
-    columns = set(rows.column_names)
+        try:
+            rows = load_dataset(kind, data_files=str(path), split="train")
+        except Exception as e:  # a file datasets cannot parse at all
+            raise InputError(f"demos.path: {path} is not readable as {kind} ({str(e).splitlines()[0]})") from None
+        columns = set(rows.column_names)
+    if not len(rows):
+        raise InputError(f"demos.path: {path} holds no row (expected one demonstration per row)")
     if "messages" not in columns and not {"prompt", "response"} <= columns:
-        raise InputError(f"demonstrations: {path} needs a 'messages' column or 'prompt' and 'response' "
+        raise InputError(f"demos.path: {path} needs a 'messages' column or 'prompt' and 'response' "
                          f"columns; it has {sorted(columns)}")
     out = []
     for i, row in enumerate(rows):
@@ -105,8 +108,6 @@ def load_demonstrations(path: str | Path) -> list[Demonstration]:
                 raise _fail(path, i, "response", "a string", response)
             messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
         out.append(Demonstration(tuple(_freeze(m) for m in messages[:-1]), messages[-1]["content"]))
-    if not out:
-        raise InputError(f"demonstrations: {path} holds no row")
     return out
 
 

@@ -8,6 +8,7 @@ checkpoint as JSON (the accountant's history), so a resumed run reports exactly 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 from framework.errors import InputError
@@ -84,6 +85,36 @@ def noise_multiplier_for(*, target_epsilon: float, delta: float, sample_rate: fl
             hi = mid
             if target_epsilon - e < tolerance:
                 return hi
+
+
+def plan_noise(*, private_sequences: int, batch_size: int, private_steps: int, target_epsilon: float,
+               delta: float | None, noise_multiplier: float | None, stop_at_budget: bool,
+               accountant: str = "rdp") -> float:
+    """σ of a private phase over ``private_sequences`` ≥ ``batch_size`` sequences (q = batch_size / N,
+    δ default 1/(10 N)): the smallest σ whose ``private_steps`` steps fit ``target_epsilon``, or the
+    given one if its schedule fits (else refused, unless the run is to stop at the budget). The
+    DP job's preflight asks this before anything is written; errors name the ``dp.`` keys."""
+    q = batch_size / private_sequences
+    delta = delta if delta is not None else 1 / (10 * private_sequences)
+    with warnings.catch_warnings():  # Opacus warns when the best RDP order is its smallest: ε is still a bound
+        warnings.simplefilter("ignore")
+        if noise_multiplier is None:
+            try:
+                return noise_multiplier_for(target_epsilon=target_epsilon, delta=delta, sample_rate=q,
+                                            steps=private_steps, accountant=accountant)
+            except InputError as e:
+                raise InputError(f"dp.target_epsilon={target_epsilon}: {e} (δ={delta:.3g}); raise it, or lower "
+                                 f"dp.private_steps or dp.batch_size") from None
+        planned = epsilon(noise_multiplier=noise_multiplier, sample_rate=q, steps=private_steps, delta=delta,
+                          accountant=accountant)
+    if planned > target_epsilon and not stop_at_budget:
+        raise InputError(
+            f"dp: the schedule does not fit the budget: dp.private_steps={private_steps} at dp.noise_multiplier="
+            f"{noise_multiplier}, "
+            f"q={q:.4g} spend ε={planned:.3f} > dp.target_epsilon={target_epsilon} "
+            f"(δ={delta:.3g}); lower dp.private_steps, leave dp.noise_multiplier empty to "
+            f"compute σ, or set dp.stop_at_budget=true to stop at the last step inside it")
+    return noise_multiplier
 
 
 @dataclass

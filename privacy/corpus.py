@@ -114,6 +114,15 @@ def pack(texts: list[str], tokenizer, *, seq_len: int) -> np.ndarray:
     return flat[: n * seq_len].reshape(n, seq_len)
 
 
+def private_sequences(tokenizer, *, public_fraction: float, eval_fraction: float, max_chars: int | None,
+                      seq_len: int, canaries: int, seed: int) -> int:
+    """N, the sequences of the DP learner's private split (its packed documents and the canaries
+    the coins put in): what its sample rate and default δ are computed from."""
+    splits = split_documents(stdlib_documents(), public_fraction=public_fraction, eval_fraction=eval_fraction,
+                             max_chars=max_chars)
+    return len(pack(splits.private, tokenizer, seq_len=seq_len)) + int(canary_coins(canaries, seed=seed).sum())
+
+
 def canary_sequences(canaries: list[str], tokenizer, *, seq_len: int) -> np.ndarray:
     """One sequence per canary: the secret repeated to fill ``seq_len`` tokens."""
     rows = []

@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 
 from framework.checkpoint import load_optimizer, save_optimizer
 from framework.config import DP_METHODS
-from framework.errors import InputError
+from framework.errors import InputError, NonFiniteError
 from framework.losses import lm_loss
 from framework.models import accelerator, group_backend, load_policy
 from privacy import corpus as corpus_lib
@@ -210,12 +210,15 @@ class DPLearner:
         if batch is None:
             raise RuntimeError("update() without sample()")
         batch = batch.to(self.device)
-        self.step_count += 1
         if self.phase == "private":
             if self.spec.public_weight:
-                self._mixed_step(batch)
+                self._mixed_gradient(batch)
             else:
-                self.engine.step(batch, physical_batch=self.physical_batch)
+                self.engine.gradient(batch, physical_batch=self.physical_batch)
+            # what is checked is released anyway (the noised gradient, the weights): the private
+            # batch's loss is not looked at
+            self._apply("noised gradient")
+            self.engine.zero_grad()
             self.private_taken += 1
             self._unaccounted = True
             return {"phase": "private", "train_loss": None}  # a private batch's loss is not released
@@ -225,13 +228,36 @@ class DPLearner:
         loss.backward()
         if self.workers > 1:
             loss = self._average([p.grad for p in self.model.parameters()] + [loss.detach()])[-1]
-        self.optimizer.step()
+        self._apply("gradient", loss=float(loss.detach()))
         self.optimizer.zero_grad(set_to_none=True)
         out = {"phase": self.phase, "train_loss": float(loss.detach()) if self.phase == "public" else None}
         if self.phase == "public" and self.switch == "plateau" and self.step_count % self.plateau_window == 0:
-            self.public_val_losses.append(float(self._mean_loss(self.public_val).mean()))
+            val = float(self._mean_loss(self.public_val).mean())
+            self.public_val_losses.append(self._finite("public held-out loss", val, taken=True))
             out["public_val_loss"] = self.public_val_losses[-1]
         return out
+
+    def _apply(self, gradient: str, *, loss: float | None = None) -> None:
+        """The optimizer step on the gradient in ``p.grad``, refused before it is taken when the
+        loss or the ``gradient``'s norm is not finite (every worker holds the same averaged values,
+        so all stop alike); then the weights are checked."""
+        if loss is not None:
+            self._finite("loss", loss)
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        self._finite(f"{gradient} norm", float(torch.stack([g.norm() for g in grads]).norm()))
+        self.optimizer.step()
+        self.step_count += 1
+        largest = torch.stack([p.detach().abs().max() for p in self.model.parameters()]).max()
+        self._finite("largest weight", float(largest), taken=True)
+
+    def _finite(self, what: str, value: float, *, taken: bool = False) -> float:
+        """``value``, unless it is not finite: then a NonFiniteError naming ``what`` and the step
+        about to be taken (refused), or with ``taken`` the step just taken."""
+        if math.isfinite(value):
+            return value
+        step = self.step_count + (not taken)
+        applied = "the step was applied" if taken else "nothing was applied"
+        raise NonFiniteError(f"step {step}: the {what} is {value}; {applied}", step=step, applied=int(taken))
 
     def _global_batch(self, pool: torch.Tensor) -> torch.Tensor:
         """A non-private batch of ``batch_size`` drawn alike on every worker; this worker's rows."""
@@ -260,8 +286,8 @@ class DPLearner:
             return len(self.public) / (len(self.public) + self.private_total)
         return 0.5 * (1 + math.cos(math.pi * self.private_taken / max(self.private_steps, 1)))
 
-    def _mixed_step(self, batch: torch.Tensor) -> None:
-        """AdamW on (1 − α) × the noisy private gradient + α × a public batch's gradient."""
+    def _mixed_gradient(self, batch: torch.Tensor) -> None:
+        """(1 − α) × the noisy private gradient + α × a public batch's gradient, in ``p.grad``."""
         alpha = self.public_weight()
         self.engine.gradient(batch, physical_batch=self.physical_batch)
         params = self.engine.params
@@ -274,8 +300,6 @@ class DPLearner:
                 public = self._average(list(public))
         for p, g_priv, g_pub in zip(params, private, public):
             p.grad = (1 - alpha) * g_priv + alpha * g_pub
-        self.optimizer.step()
-        self.engine.zero_grad()
 
     def account(self) -> dict:
         """Record the step just taken with the accountant (the ``account`` stage)."""
@@ -305,7 +329,8 @@ class DPLearner:
 
     def evaluate(self, *, diagnostics: bool = False) -> dict:
         """Held-out loss and perplexity; with ``diagnostics``, the curvature analysis on held-out data."""
-        loss = float(self._mean_loss(self.eval_data[: self.eval_sequences]).mean())
+        loss = self._finite("held-out loss", float(self._mean_loss(self.eval_data[: self.eval_sequences]).mean()),
+                            taken=True)
         # public validation loss: what hyper-parameters may be chosen on without touching held-out data
         out = {"eval_loss": loss, "eval_ppl": math.exp(loss),
                "public_val_loss": float(self._mean_loss(self.public_val).mean())}

@@ -12,6 +12,7 @@ over seeds plus ``<metric>_std`` (the contract every alignplay comparison shares
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -19,8 +20,9 @@ from pathlib import Path
 from framework.config import Config, with_overrides
 from framework.jobs import selfplay
 from framework.jobs.reports import aggregate, plot_curves
-from framework.jobs.rundir import run_or_reuse
-from framework.models import check_model_path
+from framework.jobs.rundir import strict_json, check_dirs, check_inputs, run_or_reuse
+from games.judges import build_judge
+from games.tasks import get_task
 
 #: ``compare.methods``'s name for the SFT warm start every run starts from (measured, not trained)
 START = "sft"
@@ -33,12 +35,19 @@ def method_config(cfg: Config, method: str, seed: int, *extra: str) -> Config:
 
 
 def preflight(cfg: Config, run_dir: Path) -> None:
-    """Every method's config loads (bad overrides fail here) and names an existing model."""
+    """The directories can be written and every method's config loads (bad overrides fail here)
+    with inputs, a task and a judge that do."""
+    check_dirs(cfg, run_dir)
     for method in cfg.compare.methods:
         if method != START:
-            sub = method_config(cfg, method, cfg.compare.seeds[0])
-            if sub.model.path:
-                check_model_path(sub.model.path)
+            check_run(method_config(cfg, method, cfg.compare.seeds[0]))
+
+
+def check_run(sub: Config) -> None:
+    """What a self-play run's preflight checks of its config, for a run of a comparison."""
+    check_inputs(sub)
+    build_judge(sub.judge.kind, task=get_task(**dataclasses.asdict(sub.task)), target=sub.judge.target,
+                kwargs=dict(sub.judge.kwargs))
 
 
 def run(cfg: Config, run_dir: Path) -> dict:
@@ -71,8 +80,8 @@ def run(cfg: Config, run_dir: Path) -> dict:
                                       [(m["iteration"], m["exploitability"]) for m in metrics
                                        if m.get("exploitability") is not None])
     table = aggregate(per_seed)
-    (run_dir / "comparison.json").write_text(json.dumps(table, indent=1))
-    (run_dir / "comparison_seeds.json").write_text(json.dumps(per_seed, indent=1))
+    (run_dir / "comparison.json").write_text(strict_json(table, indent=1))
+    (run_dir / "comparison_seeds.json").write_text(strict_json(per_seed, indent=1))
     plot_curves(curves, run_dir / "exploitability.png", baseline=START)
     wall = time.perf_counter() - started
     (run_dir / "comparison.md").write_text(markdown(cfg, table, per_seed, wall))

@@ -21,7 +21,7 @@ from framework.config import DP_METHODS, Config, with_overrides
 from framework.errors import InputError
 from framework.jobs import dp
 from framework.jobs.reports import aggregate, dp_report, fmt, plot_curves
-from framework.jobs.rundir import run_or_reuse
+from framework.jobs.rundir import strict_json, check_dirs, check_inputs, run_or_reuse
 
 METRICS = ("eval_ppl", "eval_loss", "epsilon", "audit_eps_lower", "wall_s")
 
@@ -47,8 +47,9 @@ def preflight(cfg: Config, run_dir: Path) -> None:
         if m not in DP_METHODS:
             raise InputError(f"compare.methods: {m!r} is not a DP pre-training method; choose from "
                              f"{tuple(DP_METHODS)}")
+    check_dirs(cfg, run_dir)
     for _, over in runs(cfg):
-        method_config(cfg, over, cfg.compare.seeds[0])  # bad overrides fail here
+        check_inputs(method_config(cfg, over, cfg.compare.seeds[0]))  # bad overrides fail here
 
 
 def run(cfg: Config, run_dir: Path) -> dict:
@@ -71,8 +72,8 @@ def run(cfg: Config, run_dir: Path) -> dict:
     table = aggregate(per_seed, METRICS)
     for key, entry in table.items():
         entry.setdefault("epsilon", None)  # nondp: no bound
-    (run_dir / "comparison.json").write_text(json.dumps(table, indent=1))
-    (run_dir / "comparison_seeds.json").write_text(json.dumps(per_seed, indent=1))
+    (run_dir / "comparison.json").write_text(strict_json(table, indent=1))
+    (run_dir / "comparison_seeds.json").write_text(strict_json(per_seed, indent=1))
     plot_curves(curves, run_dir / "eval_loss.png", ylabel="held-out loss (nats/token)", xlabel="step")
     wall = time.perf_counter() - started
     (run_dir / "comparison.md").write_text(markdown(cfg, table, wall))

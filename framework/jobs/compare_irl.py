@@ -29,7 +29,7 @@ from framework.errors import InputError
 from framework.jobs import compare, selfplay
 from framework.jobs.evaluate import evaluate_policy
 from framework.jobs.reports import aggregate
-from framework.jobs.rundir import run_or_reuse
+from framework.jobs.rundir import strict_json, check_dirs, run_or_reuse
 from games.tasks import get_task
 
 #: the method every other is judged against: ``algo.name=sft`` trained on the same demonstrations
@@ -45,9 +45,10 @@ def preflight(cfg: Config, run_dir: Path) -> None:
     if BASELINE not in cfg.compare.methods:
         raise InputError(f"compare.methods: compare_irl needs {BASELINE!r} (the baseline the others are judged "
                          f"against)")
+    check_dirs(cfg, run_dir)
     for method in cfg.compare.methods:
         for variant in cfg.compare.variants or {"data": []}:
-            method_config(cfg, method, variant, cfg.compare.seeds[0])  # bad overrides fail here
+            compare.check_run(method_config(cfg, method, variant, cfg.compare.seeds[0]))  # bad overrides fail here
 
 
 def implicit_reward_accuracy(cfg: Config, policy: str, init: str, *, conversations: int, seed: int) -> float:
@@ -99,11 +100,11 @@ def run(cfg: Config, run_dir: Path) -> dict:
                                   sub_cfg, final_policy, summary["init_policy"],
                                   conversations=cfg.eval.final_conversations, seed=seed + 3),
                               "wall_s": summary["wall_s"]}
-                    scores_path.write_text(json.dumps(scores))
+                    scores_path.write_text(strict_json(scores))
                 per_seed[key].append(scores)
     table = aggregate(per_seed, METRICS)
-    (run_dir / "comparison.json").write_text(json.dumps(table, indent=1))
-    (run_dir / "comparison_seeds.json").write_text(json.dumps(per_seed, indent=1))
+    (run_dir / "comparison.json").write_text(strict_json(table, indent=1))
+    (run_dir / "comparison_seeds.json").write_text(strict_json(per_seed, indent=1))
     (run_dir / "comparison.md").write_text(markdown(cfg, table, time.perf_counter() - started))
     print((run_dir / "comparison.md").read_text())
     return table

@@ -10,28 +10,58 @@ checkpoints, ``summary.json`` and the report.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 from typing import Callable
 
 from tqdm.auto import tqdm
 
-from actors.remote import Ask, Handle, ask, check_local_fit, make_cluster
+from actors.remote import Ask, Handle, ask, check_local_fit, cluster_for
 from framework import checkpoint as ckpt
 from framework.config import DP_METHODS, Config
-from framework.errors import InputError
+from framework.errors import InputError, NonFiniteError
 from framework.jobs.rundir import (append_metrics, preflight as check_run_dir, read_summary, timed, truncate,
                                    write_checkpoint, write_summary)
 from framework.models import build_tiny_model, check_model_path
 from privacy import corpus
+from privacy.accounting import plan_noise
 from privacy.learner import DPLearner
 
 
 def preflight(cfg: Config, run_dir: Path) -> None:
-    """Checks that fail before anything is written (the budget fit is checked by the learner; on a
-    cluster it joins, the resources when it has joined, before any worker starts)."""
-    check_run_dir(cfg, run_dir)
+    """Checks that fail before anything is written: the run directory, a resume's checkpoint and
+    length, the resources (on a cluster it joins, when it has joined, before any worker starts) and
+    that the budget admits the schedule — the private split counted with the run's tokenizer, as
+    the learner counts it (building the tiny model into the cache, where the run finds it)."""
+    check_run_dir(cfg, run_dir, length_key=None)
+    method = DP_METHODS[cfg.dp.method]
+    if cfg.resume:
+        latest = ckpt.latest_checkpoint(run_dir)
+        if not (latest / "learner.json").is_file():
+            raise InputError(f"resume: {latest} has no learner.json (not a checkpoint of a job: dp run)")
+        taken = json.loads((latest / "learner.json").read_text())  # (check_run_dir found it valid JSON)
+        private = taken.get("private_taken") if isinstance(taken, dict) else None
+        steps = ckpt.read_state(latest)["iteration"]
+        if not isinstance(private, int):
+            raise InputError(f"resume: {latest / 'learner.json'} has no integer 'private_taken' (a corrupt checkpoint)")
+        if steps > method.steps(cfg.dp.public_steps, cfg.dp.private_steps) or private > cfg.dp.private_steps:
+            raise InputError(f"resume=true with dp.public_steps={cfg.dp.public_steps}, dp.private_steps="
+                             f"{cfg.dp.private_steps}, but {run_dir} already has {steps} steps ({private} private) "
+                             f"(a resume may extend a run, not shorten it)")
     check_local_fit(cfg.pipeline, lambda gpus: worker_asks(cfg, gpus))
+    from transformers import AutoTokenizer
+
+    c, d = cfg.dp.corpus, cfg.dp
+    n = corpus.private_sequences(AutoTokenizer.from_pretrained(prepare_model(cfg)), public_fraction=c.public_fraction,
+                                 eval_fraction=c.eval_fraction, max_chars=c.max_chars, seq_len=c.seq_len,
+                                 canaries=d.canaries, seed=cfg.seed)
+    if d.batch_size > n:
+        raise InputError(f"dp.batch_size={d.batch_size} exceeds the {n} private sequences")
+    if method.private:
+        plan_noise(private_sequences=n, batch_size=d.batch_size, private_steps=d.private_steps,
+                   target_epsilon=d.target_epsilon, delta=d.delta, noise_multiplier=d.noise_multiplier,
+                   stop_at_budget=d.stop_at_budget, accountant=d.accountant)
 
 
 def prepare_model(cfg: Config) -> str:
@@ -83,15 +113,37 @@ def save_checkpoint(cluster, workers: list[Handle[DPLearner]], run_dir: Path, na
                             lambda d: cluster.get([w.call(DPLearner.save, str(d)) for w in workers]), keep)
 
 
+def begin(cfg: Config, cluster, learner: Handle[DPLearner], every: Callable, run_dir: Path,
+          model_path: str) -> tuple[dict, float, int | None]:
+    """The run's summary so far (its setup and start evaluation written) and, on resume, the
+    workers restored from the latest checkpoint: (summary, seconds already run, switch step)."""
+    info = cluster.get(learner.call(DPLearner.describe))
+    summary = read_summary(run_dir) if cfg.resume else {}
+    elapsed, switch_step = 0.0, None
+    if cfg.resume:
+        latest = ckpt.latest_checkpoint(run_dir)
+        every(DPLearner.load, str(latest))
+        state = ckpt.read_state(latest)
+        elapsed, switch_step = state.get("wall_s", 0.0), state.get("switch_step")
+        truncate(run_dir, state["iteration"])
+    summary.update(method=cfg.dp.method, model=model_path, **{k: info[k] for k in (
+        "noise_multiplier", "delta", "sample_rate", "max_grad_norm", "grad_sample_mode", "public_sequences",
+        "private_sequences", "eval_sequences", "canaries", "parameters")}, layers=info["layers"])
+    if "start" not in summary:
+        summary["start"] = cluster.get(learner.call(DPLearner.evaluate))
+    write_summary(run_dir, summary)
+    return summary, elapsed, switch_step
+
+
 def run(cfg: Config, run_dir: Path, *, progress: bool = True) -> dict:
     """One DP (or baseline) pre-training run; returns its summary."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     model_path = prepare_model(cfg)
     method = DP_METHODS[cfg.dp.method]
-    cluster = make_cluster(use_ray=cfg.pipeline.ray, address=cfg.pipeline.address, num_cpus=cfg.pipeline.num_cpus,
-                           placement_timeout=cfg.pipeline.placement_timeout)
+    cluster = cluster_for(cfg.pipeline, concurrent_roles=False)
     started = time.perf_counter()
+    summary: dict = {}
     try:
         workers = spawn_workers(cfg, cluster, model_path)
         learner = workers[0]  # rank 0 evaluates, audits and answers for all (the weights are the same)
@@ -100,21 +152,7 @@ def run(cfg: Config, run_dir: Path, *, progress: bool = True) -> dict:
             """Call ``method`` on every worker; rank 0's answer."""
             return cluster.get([w.call(method, *args, **kwargs) for w in workers])[0]
 
-        info = cluster.get(learner.call(DPLearner.describe))
-        summary = read_summary(run_dir) if cfg.resume else {}
-        elapsed, switch_step = 0.0, None
-        if cfg.resume:
-            latest = ckpt.latest_checkpoint(run_dir)
-            every(DPLearner.load, str(latest))
-            state = ckpt.read_state(latest)
-            elapsed, switch_step = state.get("wall_s", 0.0), state.get("switch_step")
-            truncate(run_dir, state["iteration"])
-        summary.update(method=cfg.dp.method, model=model_path, **{k: info[k] for k in (
-            "noise_multiplier", "delta", "sample_rate", "max_grad_norm", "grad_sample_mode", "public_sequences",
-            "private_sequences", "eval_sequences", "canaries", "parameters")}, layers=info["layers"])
-        if "start" not in summary:
-            summary["start"] = cluster.get(learner.call(DPLearner.evaluate))
-        write_summary(run_dir, summary)
+        summary, elapsed, switch_step = begin(cfg, cluster, learner, every, run_dir, model_path)
         status = cluster.get(learner.call(DPLearner.status))
         bar = tqdm(total=method.steps(cfg.dp.public_steps, cfg.dp.private_steps), initial=status["steps"],
                    desc=f"{cfg.dp.method}", disable=not progress, unit="step")
@@ -156,6 +194,12 @@ def run(cfg: Config, run_dir: Path, *, progress: bool = True) -> dict:
         bar.close()
         summary.update(stopped=stopped, switch_step=switch_step)
         return finish(cfg, cluster, workers, run_dir, summary, wall=lambda: elapsed + time.perf_counter() - started)
+    except NonFiniteError as e:  # a run that diverged states no ε: its summary names the step instead
+        summary.update(diverged={"step": e.step, "error": str(e)})
+        write_summary(run_dir, summary)
+        latest = ckpt.latest_checkpoint(run_dir)
+        raise NonFiniteError(f"{e} (the last checkpoint is {latest.name if latest else 'none'})", step=e.step,
+                             applied=e.applied) from None
     finally:
         cluster.shutdown()
 
@@ -174,6 +218,7 @@ def finish(cfg: Config, cluster, workers: list[Handle[DPLearner]], run_dir: Path
     save_checkpoint(cluster, workers, run_dir, "final", {"iteration": status["steps"], "wall_s": summary["wall_s"],
                                                          "switch_step": summary["switch_step"]}, cfg.checkpoint.keep)
     summary.update(final=final, audit=audit, final_policy=str((run_dir / "checkpoints" / "final" / "policy").resolve()))
+    summary.pop("diverged", None)  # (resumed from a checkpoint before the step that diverged)
     write_summary(run_dir, summary)
     return summary
 

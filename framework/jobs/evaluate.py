@@ -19,6 +19,7 @@ from framework.errors import InputError
 from framework.evaluation import class_counts, win_rate
 from framework.models import check_model_path
 from framework.jobs.reports import selfplay_report
+from framework.jobs.rundir import strict_json, check_writable
 from games.tasks import Task, get_task
 
 
@@ -65,6 +66,9 @@ def run(target: str, *, reference: str | None, config: str | None, conversations
     """``alignplay eval``: ``target`` is a run directory (its final policy against its warm start,
     with its config), a checkpoint or a policy directory; writes and returns ``eval.json`` and adds
     it to the run's report."""
+    for flag, value in (("--conversations", conversations), ("--samples", samples)):
+        if value < 1:
+            raise InputError(f"eval: {flag} must be ≥ 1, got {value}")
     target_dir = Path(target)
     run_dir = target_dir if (target_dir / "config.yaml").exists() else None
     if run_dir is not None:
@@ -81,12 +85,12 @@ def run(target: str, *, reference: str | None, config: str | None, conversations
                          for p in (policy, reference))
     check_model_path(policy, "eval target")
     check_model_path(reference, "--reference")
-    if conversations < 1 or samples < 1:
-        raise InputError(f"eval: --conversations and --samples must be ≥ 1, got {conversations} and {samples}")
+    if out:
+        check_writable(Path(out).parent, "--out")
     cfg = load_config(config, overrides)
     report = evaluate_policy(cfg, policy, reference, conversations=conversations, samples=samples, seed=seed)
     path = Path(out) if out else (run_dir or target_dir) / "eval.json"
-    path.write_text(json.dumps(report, indent=1))
+    path.write_text(strict_json(report, indent=1))
     if run_dir is not None and (run_dir / "metrics.jsonl").exists():
         selfplay_report(run_dir)
     line = f"win rate vs reference {report['win_rate_vs_reference']:.3f} ± {report['win_rate_ci95']:.3f}"

@@ -11,7 +11,6 @@ Output contracts (other tools read them; add keys, never rename):
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from tqdm.auto import tqdm
 from framework.algorithms.tabular import DEFAULT_ETA, TabularRun, get_tabular_algo, run_tabular
 from framework.config import Config
 from framework.errors import ConfigError
+from framework.jobs.rundir import check_writable, strict_json
 from games.markov import random_markov_game
 from games.matrix import BUILTIN_GAMES, builtin_game
 
@@ -178,11 +178,12 @@ def plot_matrix(reports: list[dict], path: Path) -> None:
 
 def write_json(obj: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=1) + "\n")
+    path.write_text(strict_json(obj, indent=1) + "\n")
 
 
 def preflight(cfg: Config, run_dir: Path) -> None:
-    """The games named in the config exist."""
+    """The games named in the config exist; the run directory can be written."""
+    check_writable(run_dir, "--run-dir")
     for i, name in enumerate(cfg.lab.matrix_games):
         if name not in BUILTIN_GAMES:
             raise ConfigError(f"lab.matrix_games[{i}]", f"unknown game {name!r}; choose from {sorted(BUILTIN_GAMES)}")

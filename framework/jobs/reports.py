@@ -19,7 +19,7 @@ STAGES = ("generate", "judge", "build_batch", "update", "sync_weights", "checkpo
 
 
 def fmt(x, spec: str = ".3f") -> str:
-    """A number for a table; None and NaN as a dash."""
+    """A number for a table; None (a non-finite value in strict JSON) and NaN as a dash."""
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
@@ -79,7 +79,7 @@ def selfplay_report(run_dir: Path) -> Path:
         for name in ("start", "final"):
             s = summary[name]
             lines.append(f"| {name} | {s['win_rate_vs_init']:.3f} ± {s['win_rate_ci95']:.3f} | "
-                         f"{s.get('exploitability', float('nan')):.3f} | {s.get('correct', float('nan')):.3f} |")
+                         f"{fmt(s.get('exploitability'))} | {fmt(s.get('correct'))} |")
         lines += ["", f"Final policy (loads with `AutoModelForCausalLM.from_pretrained`): "
                       f"`{summary.get('final_policy', '')}`", ""]
     eval_path = run_dir / "eval.json"
@@ -113,7 +113,7 @@ def selfplay_summary(summary: dict, run_dir: Path) -> None:
     for name, label in (("start", "warm start"), ("final", "final")):
         s = summary[name]
         print(f"{label:<12}{s['win_rate_vs_init']:>18.3f} ± {s['win_rate_ci95']:.3f}"
-              f"{s.get('exploitability', float('nan')):>16.3f}{s.get('correct', float('nan')):>9.3f}")
+              f"{fmt(s.get('exploitability')):>16}{fmt(s.get('correct')):>9}")
     print(f"\nreport: {Path(run_dir) / 'report.md'}")
 
 
@@ -125,7 +125,7 @@ def dp_report(run_dir: Path) -> Path:
     ev = [r for r in rows if r.get("eval_loss") is not None]
     plot(run_dir / "eval_loss.png", [("held-out", [r["iteration"] for r in ev], [r["eval_loss"] for r in ev], None)],
          "loss (nats/token)", f"{summary['method']}: held-out loss", xlabel="step")
-    eps = [r for r in rows if r.get("epsilon") is not None]
+    eps = [r for r in rows if r.get("epsilon") is not None] if not summary.get("diverged") else []
     if eps:
         plot(run_dir / "epsilon.png", [("ε spent", [r["iteration"] for r in eps], [r["epsilon"] for r in eps], None)],
              "ε", "privacy spent (accountant)", xlabel="step")
@@ -151,6 +151,9 @@ def dp_report(run_dir: Path) -> Path:
         lines += [f"Switched from public to private training after step {summary['switch_step']}.", ""]
     if summary.get("stopped"):
         lines += [f"**Stopped early:** {summary['stopped']}", ""]
+    if diverged := summary.get("diverged"):  # (it has no final figures, so no ε either)
+        lines += [f"**The run diverged at step {diverged['step']}** and stopped there ({diverged['error']}); no ε "
+                  f"is stated for a run that diverged.", ""]
     if layers := summary.get("layers"):
         lines += ["Per-sample gradients by layer: " + ", ".join(f"{k}: {len(v)}" for k, v in layers.items()) +
                   (f" (functorch fallback: {', '.join(layers['functorch_fallback'][:4])}…)"
@@ -164,7 +167,7 @@ def dp_report(run_dir: Path) -> Path:
     diag = [r for r in ev if r.get("gtg") is not None]
     if diag:
         lines += ["| step | " + " | ".join(DIAGNOSTICS) + " |", "|---" * (len(DIAGNOSTICS) + 1) + "|"]
-        lines += [f"| {r['iteration']} | " + " | ".join(f"{r[k]:.3g}" for k in DIAGNOSTICS) + " |" for r in diag]
+        lines += [f"| {r['iteration']} | " + " | ".join(fmt(r[k], ".3g") for k in DIAGNOSTICS) + " |" for r in diag]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path

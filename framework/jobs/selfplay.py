@@ -327,7 +327,7 @@ def run(cfg: Config, run_dir: Path, *, progress: bool = True) -> dict:
     A lost learner (or a role past its restarts that cannot be replaced alone) rebuilds every role
     and continues from the latest checkpoint, up to ``train.max_failures`` times."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # private to the user (as the CLI makes it)
     task = get_task(**dataclasses.asdict(cfg.task))
     policy_path = prepare_policy(cfg, task, progress=progress)
     cluster = cluster_for(cfg.pipeline, modules=judge_modules(cfg.judge.kind, cfg.judge.target))
@@ -400,8 +400,9 @@ def selfplay(cfg: Config, run_dir: Path, task: Task, policy_path: str, cluster, 
         except AlignplayError as e:
             # Stop with a resumable checkpoint: each iteration makes exactly one update, so
             # `version` iterations are complete (whichever stage failed). A lost learner has
-            # nothing to save: the run rebuilds from the latest checkpoint.
-            if not (isinstance(e, RoleLost) and e.rebuild):
+            # nothing to save: the run rebuilds from the latest checkpoint. Nor has a learner that
+            # refused a non-finite value part-way through its update (its weights are no iteration's).
+            if not (isinstance(e, RoleLost) and e.rebuild) and not getattr(e, "applied", 0):
                 save_checkpoint(roles, run_dir, state, state.version, cfg.checkpoint.keep)
             raise
         state.count(rollouts, stale, batch)

@@ -48,7 +48,7 @@ TASKS: dict[str, type] = {"running_sum": RunningSumTask, "mtbench101": MTBench10
 def get_task(name: str, **kwargs) -> Task:
     """A task by name; the error lists the valid names. Settings a task does not use must be unset."""
     if name not in TASKS:
-        raise InputError(f"unknown task {name!r}; choose from {sorted(TASKS)}")
+        raise InputError(f"task.name: unknown task {name!r}; choose from {sorted(TASKS)}")
     accepted = {f.name for f in dataclasses.fields(TASKS[name]) if f.init}
     if kwargs.get("path") is not None and "path" not in accepted:
         raise InputError(f"task.path: task {name!r} reads no file")

@@ -18,7 +18,6 @@ answers do not fall into finitely many classes, so no exploitability is reported
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import numpy as np
 
 from framework.errors import InputError, excerpt
 from games.conversation import Conversation, Episode, ScriptedUser
+from games.jsonl import read_jsonl
 
 
 @dataclass(frozen=True)
@@ -47,40 +47,33 @@ def load_mtbench101(path: str | Path) -> list[Dialogue]:
     if not path.is_file():
         raise InputError(f"task.path: {path} does not exist")
     dialogues, ids = [], set()
-    with path.open(encoding="utf-8") as f:
-        for n, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise _fail(path, n, "line", "a JSON object", row)
-            history = row.get("history")
-            if not isinstance(history, list) or not history:
-                raise _fail(path, n, "field 'history'", "a non-empty list of turns", history)
-            users, bots = [], []
-            for t, turn in enumerate(history):
-                if not isinstance(turn, dict):
-                    raise _fail(path, n, f"field 'history[{t}]'", "an object with 'user' (and 'bot')", turn)
-                user, bot = turn.get("user"), turn.get("bot")
-                if not isinstance(user, str) or not user.strip():
-                    raise _fail(path, n, f"field 'history[{t}].user'", "a non-empty string", user)
-                if bot is not None and not isinstance(bot, str):
-                    raise _fail(path, n, f"field 'history[{t}].bot'", "a string", bot)
-                users.append(user)
-                bots.append(bot)
-            ident = row.get("id", n)
-            if not isinstance(ident, (int, str)) or isinstance(ident, bool):
-                raise _fail(path, n, "field 'id'", "an integer or a string", ident)
-            if str(ident) in ids:
-                raise _fail(path, n, "field 'id'", "an id not used by an earlier line", ident)
-            ids.add(str(ident))
-            task = row.get("task", "")
-            if not isinstance(task, str):
-                raise _fail(path, n, "field 'task'", "a string", task)
-            dialogues.append(Dialogue(str(ident), task, tuple(users), tuple(bots)))
+    for n, row in read_jsonl(path):
+        if not isinstance(row, dict):
+            raise _fail(path, n, "line", "a JSON object", row)
+        history = row.get("history")
+        if not isinstance(history, list) or not history:
+            raise _fail(path, n, "field 'history'", "a non-empty list of turns", history)
+        users, bots = [], []
+        for t, turn in enumerate(history):
+            if not isinstance(turn, dict):
+                raise _fail(path, n, f"field 'history[{t}]'", "an object with 'user' (and 'bot')", turn)
+            user, bot = turn.get("user"), turn.get("bot")
+            if not isinstance(user, str) or not user.strip():
+                raise _fail(path, n, f"field 'history[{t}].user'", "a non-empty string", user)
+            if bot is not None and not isinstance(bot, str):
+                raise _fail(path, n, f"field 'history[{t}].bot'", "a string", bot)
+            users.append(user)
+            bots.append(bot)
+        ident = row.get("id", n)
+        if not isinstance(ident, (int, str)) or isinstance(ident, bool):
+            raise _fail(path, n, "field 'id'", "an integer or a string", ident)
+        if str(ident) in ids:
+            raise _fail(path, n, "field 'id'", "an id not used by an earlier line", ident)
+        ids.add(str(ident))
+        task = row.get("task", "")
+        if not isinstance(task, str):
+            raise _fail(path, n, "field 'task'", "a string", task)
+        dialogues.append(Dialogue(str(ident), task, tuple(users), tuple(bots)))
     if not dialogues:
         raise InputError(f"task.path: {path} holds no dialogue")
     return dialogues

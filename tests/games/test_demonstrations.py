@@ -50,5 +50,5 @@ def test_malformed_rows_name_the_row_and_field(tmp_path, rows, fragment):
 def test_a_broken_jsonl_line_is_named(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps({"messages": CHAT}) + "\n{\"messages\": [\n")
-    with pytest.raises(InputError, match="row 1: not valid JSON"):
+    with pytest.raises(InputError, match="d.jsonl:2: not valid JSON"):
         load_demonstrations(path)
