@@ -23,8 +23,8 @@ from framework.jobs.selfplay import run as run_selfplay
 
 from tests.conftest import SMALL
 
-ITERATIONS = 6
-FAULTY = [*SMALL, f"train.iterations={ITERATIONS}", "checkpoint.every=2", "eval.every=3", "pipeline.mode=sync"]
+ITERATIONS = 8
+FAULTY = [*SMALL, f"train.iterations={ITERATIONS}", "checkpoint.every=2", "eval.every=4", "pipeline.mode=sync"]
 
 HANGS_ONCE = '''
 import time
@@ -83,8 +83,8 @@ def actor_pids(prefix: str) -> list[int]:
     """The PIDs of the live actors whose Ray name starts with ``prefix`` (e.g. ``"judge "``)."""
     import ray._private.state
 
-    return [a["Pid"] for a in ray._private.state.actors().values()
-            if a["State"] == "ALIVE" and a["Name"].startswith(prefix)]
+    return [a.get("Pid", 0) for a in ray._private.state.actors().values()
+            if a.get("State") == "ALIVE" and (a.get("Name") or "").startswith(prefix)]
 
 
 class Killer(threading.Thread):
@@ -95,17 +95,24 @@ class Killer(threading.Thread):
         super().__init__(daemon=True)
         self.run_dir, self.prefix, self.after = run_dir, prefix, list(after)
         self.rng, self.killed, self.stop = random.Random(seed), [], threading.Event()
+        self.error: Exception | None = None
 
     def logged(self) -> int:
         path = self.run_dir / "metrics.jsonl"
         return len(path.read_text().splitlines()) if path.exists() else 0
 
     def run(self):
+        try:
+            self.kill_each()
+        except Exception as e:  # seen by the test (a thread's exception is not)
+            self.error = e
+
+    def kill_each(self):
         for n in self.after:
             while self.logged() < n or (self.killed and self.killed[-1] in actor_pids(self.prefix)):
                 if self.stop.wait(0.05):
                     return
-            time.sleep(self.rng.uniform(0.0, 1.0))  # somewhere inside the next iteration
+            time.sleep(self.rng.uniform(0.0, 0.3))  # somewhere inside the next iteration (~0.4 s here)
             while not self.stop.is_set():
                 pids = [p for p in actor_pids(self.prefix) if p > 0 and p not in self.killed]
                 try:
@@ -144,6 +151,8 @@ def faulty_run(cache_dir, run_dir: Path, prefix: str, after: list[int], *extra) 
         summary = run_selfplay(config(cache_dir, *extra), run_dir, progress=False)
     finally:
         killer.stop.set()
+        killer.join()
+    assert killer.error is None, killer.error
     return summary, {**records(run_dir), "wall_s": time.perf_counter() - start}, killer
 
 
