@@ -234,6 +234,7 @@ class Learner:
         save_optimizer(self.optimizer, directory, state=self._by_index(moments) if moments else None)
         for name, (module, optimizer) in self.aux.items():
             module.save_pretrained(directory / name)
+            self.tokenizer.save_pretrained(directory / name)  # whole: e.g. judge.kind=reward_model loads it
             save_optimizer(optimizer, directory / name)
         if self.checkpoint is not None and self.checkpoint.is_dir():  # restored ones not used since: as they are
             for saved in self.checkpoint.iterdir():

@@ -31,7 +31,7 @@ from framework.errors import ConfigError, InputError
 from framework.models import DTYPES, TinyModelSpec
 
 #: The values of ``job:`` (each is a file of ``framework/jobs/``, registered in ``framework.jobs.JOBS``).
-JOB_NAMES = ("selfplay", "compare", "compare_irl", "dp", "compare_dp", "lab")
+JOB_NAMES = ("selfplay", "compare", "compare_irl", "dp", "compare_dp", "lab", "train_judge")
 
 
 @dataclass(frozen=True)
@@ -246,24 +246,109 @@ class AlgoConfig:
         return self.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+#: The judge kinds (``games/judges``) and the ``judge.`` keys each reads besides ``kwargs``.
+JUDGE_SETTINGS = {
+    "rule": (),
+    "custom": (),
+    "reward_model": ("path", "temperature", "batch_size", "max_length", "threads"),
+    "pairwise_model": ("path", "batch_size", "max_length", "threads"),
+    "llm": ("base_url", "model", "api_key_env", "max_concurrency", "timeout_s", "requests_per_minute",
+            "tokens_per_minute", "request_retries", "template", "verdict", "max_tokens", "extra_body"),
+}
+LLM_VERDICTS = ("text", "logprobs")
+
+
 @dataclass(frozen=True)
 class JudgeConfig:
-    """Which preference judge scores the samples."""
+    """Which preference judge scores the samples (README "Judges")."""
 
     kind: str = "rule"
-    """``rule`` (the task's programmatic judge) or ``custom``."""
+    """``rule`` (the task's programmatic judge), ``reward_model`` (a scalar reward model:
+    P = σ((r_a − r_b)/T)), ``pairwise_model`` (a model reading both answers), ``llm`` (an LLM over an
+    OpenAI-compatible HTTP endpoint) or ``custom`` (``target``)."""
     target: Optional[str] = None
     """For kind=custom: ``module:Class`` implementing compare(conversations, a, b)."""
     kwargs: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments for the judge's constructor."""
     retries: int = 2
     """Extra attempts when the judge raises, before the run stops."""
+    requeue: int = 1
+    """Times a pair the judge could not judge (it answered None: an HTTP call that kept failing, a
+    verdict that did not parse) is asked again before it is dropped; dropped pairs are counted
+    (``judge_failures``), never scored."""
+    path: Optional[str] = None
+    """reward_model / pairwise_model: the Hugging Face checkpoint (a local directory or hub id),
+    e.g. a ``job: train_judge`` run's ``judge/`` or an RFT checkpoint's ``reward_model/``."""
+    temperature: float = 1.0
+    """reward_model: T in P(a ≻ b) = σ((r_a − r_b)/T)."""
+    batch_size: int = 64
+    """reward_model / pairwise_model: sequences per forward pass."""
+    max_length: int = 512
+    """reward_model / pairwise_model: tokens read per sequence (longer ones keep their end)."""
+    threads: int = 1
+    """reward_model / pairwise_model: torch threads of each judge actor."""
+    base_url: Optional[str] = None
+    """llm: the OpenAI-compatible API root, e.g. ``http://127.0.0.1:8000/v1`` (``vllm serve``)."""
+    model: Optional[str] = None
+    """llm: the model name sent with each request."""
+    api_key_env: Optional[str] = None
+    """llm: the *name* of the environment variable holding the API key (unset: no key is sent)."""
+    max_concurrency: int = 8
+    """llm: requests in flight per judge actor."""
+    timeout_s: float = 60.0
+    """llm: seconds per request (connect to last byte) before it counts as failed and is retried."""
+    requests_per_minute: float = 0.0
+    """llm: one limit for the whole run, shared by every judge actor (0: none)."""
+    tokens_per_minute: float = 0.0
+    """llm: one limit on prompt + completion tokens for the whole run (0: none)."""
+    request_retries: int = 4
+    """llm: attempts beyond the first on 429, 5xx, timeouts and lost connections (jittered
+    exponential backoff; a 429's ``Retry-After`` is honoured by every judge of the run)."""
+    template: Optional[str] = None
+    """llm: a file holding the pairwise prompt (``{conversation}``, ``{answer_a}``, ``{answer_b}``);
+    default: MT-Bench's pairwise prompt with the multi-turn context."""
+    verdict: str = "text"
+    """llm: ``text`` (parse ``[[A]]``, ``[[B]]``, ``[[C]]`` = tie) or ``logprobs`` (P(A) from the
+    verdict token's log-probs, where the server returns them)."""
+    max_tokens: int = 512
+    """llm: completion tokens per request."""
+    extra_body: dict[str, Any] = field(default_factory=dict)
+    """llm: extra fields of each request's JSON body (provider options, e.g. vLLM's
+    ``structured_outputs``)."""
 
     def __post_init__(self):
+        if self.kind not in JUDGE_SETTINGS:
+            raise ConfigError("kind", f"unknown judge {self.kind!r}; choose from {sorted(JUDGE_SETTINGS)}")
         if self.kind == "custom" and not self.target:
             raise ConfigError("target", "judge.kind=custom needs judge.target=module:Class")
-        if self.retries < 0:
-            raise ConfigError("retries", f"must be ≥ 0, got {self.retries}")
+        if self.kind in ("reward_model", "pairwise_model") and not self.path:
+            raise ConfigError("path", f"judge.kind={self.kind} needs judge.path (a checkpoint directory or hub id)")
+        if self.kind == "llm":
+            for name in ("base_url", "model"):
+                if not getattr(self, name):
+                    raise ConfigError(name, f"judge.kind=llm needs judge.{name}")
+            if not str(self.base_url).startswith(("http://", "https://")):
+                raise ConfigError("base_url", f"must start with http:// or https://, got {self.base_url!r}")
+        for name in ("retries", "requeue", "request_retries"):
+            if getattr(self, name) < 0:
+                raise ConfigError(name, f"must be ≥ 0, got {getattr(self, name)}")
+        for name in ("batch_size", "max_length", "threads", "max_concurrency", "max_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, f"must be ≥ 1, got {getattr(self, name)}")
+        for name in ("requests_per_minute", "tokens_per_minute"):
+            if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
+                raise ConfigError(name, f"must be a finite number ≥ 0 (0: no limit), got {getattr(self, name)}")
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise ConfigError("temperature", f"must be a finite number > 0, got {self.temperature}")
+        if not (self.timeout_s > 0 and math.isfinite(self.timeout_s)):
+            raise ConfigError("timeout_s", f"must be a finite number > 0, got {self.timeout_s}")
+        if self.verdict not in LLM_VERDICTS:
+            raise ConfigError("verdict", f"must be one of {LLM_VERDICTS}, got {self.verdict!r}")
+
+    def settings(self) -> dict[str, Any]:
+        """The keyword arguments of this kind's factory in ``games.judges``: its ``judge.`` keys
+        and ``kwargs``."""
+        return {**{name: getattr(self, name) for name in JUDGE_SETTINGS[self.kind]}, **self.kwargs}
 
 
 WEIGHT_SYNCS = ("object_store", "broadcast")
@@ -363,6 +448,9 @@ class PipelineConfig:
     call_timeouts: dict[str, float] = field(default_factory=dict)
     """Per-role deadlines overriding ``call_timeout_s``, e.g. ``{judge: 30}`` (roles: generator,
     reference, judge, learner, dp_worker)."""
+    judges: int = 1
+    """Judge actors (each with ``resources.judge``): every iteration's pairs are split between them
+    in order; a dead or hung judge is re-created and its share sent again."""
 
     def __post_init__(self):
         if self.max_restarts < 0:
@@ -389,7 +477,7 @@ class PipelineConfig:
             raise ConfigError("max_staleness", f"must be ≥ 0, got {self.max_staleness}")
         if self.num_cpus is not None and self.num_cpus < 1:
             raise ConfigError("num_cpus", f"must be ≥ 1 (or unset: every CPU), got {self.num_cpus}")
-        for name in ("generators", "learners", "generator_threads", "learner_threads"):
+        for name in ("generators", "learners", "generator_threads", "learner_threads", "judges"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"must be ≥ 1, got {getattr(self, name)}")
         if self.placement not in ("colocated", "disaggregated"):
@@ -659,13 +747,56 @@ class CompareConfig:
 
 
 @dataclass(frozen=True)
+class TrainJudgeConfig:
+    """``job: train_judge``: a reward model or a pairwise preference model trained on preference
+    data (``framework/jobs/train_judge.py``), saved where ``judge.path`` can load it."""
+
+    data: Optional[str] = None
+    """A self-play run directory (its ``comparisons/`` with the answers from ``rollouts/``), or a
+    JSONL / Parquet file of rows ``{"messages" | "prompt", "chosen", "rejected"}`` or
+    ``{"messages" | "prompt", "a", "b", "probability"}``."""
+    kind: str = "reward_model"
+    """``reward_model`` (Bradley–Terry on soft labels) or ``pairwise_model`` (both orders)."""
+    base: Optional[str] = None
+    """The model the judge starts from (its body; the head starts fresh): a local directory or hub
+    id; empty: the starting policy of a self-play run of this config (``model.path``, else the
+    task's warm-started tiny model)."""
+    epochs: int = 4
+    """Passes over the training pairs."""
+    lr: float = 3e-3
+    """AdamW learning rate (linear decay to 0)."""
+    batch_size: int = 16
+    """Pairs per optimizer step."""
+    held_out: float = 0.2
+    """Share of the states (conversations) kept out of training, for accuracy and calibration."""
+    max_length: int = 512
+    """Tokens read per sequence (longer ones keep their end)."""
+    threads: Optional[int] = None
+    """torch threads (default: every core)."""
+
+    def __post_init__(self):
+        if self.kind not in ("reward_model", "pairwise_model"):
+            raise ConfigError("kind", f"must be 'reward_model' or 'pairwise_model', got {self.kind!r}")
+        for name in ("epochs", "batch_size", "max_length"):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, f"must be ≥ 1, got {getattr(self, name)}")
+        if not 0 < self.lr < math.inf:
+            raise ConfigError("lr", f"must be finite and > 0, got {self.lr}")
+        if not 0 < self.held_out < 1:
+            raise ConfigError("held_out", f"must be in (0, 1), got {self.held_out}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError("threads", f"must be ≥ 1 (or unset: every core), got {self.threads}")
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything ``alignplay run`` needs."""
 
     job: str = "selfplay"
     """What to run: ``selfplay`` (the Ray pipeline), ``compare`` (self-play methods side by side),
     ``compare_irl`` (learning from demonstrations side by side), ``dp`` (DP continual pre-training),
-    ``compare_dp`` (DP pre-training methods side by side) or ``lab`` (the exact game lab)."""
+    ``compare_dp`` (DP pre-training methods side by side), ``lab`` (the exact game lab) or
+    ``train_judge`` (a reward or pairwise preference model from preference data)."""
     seed: int = 0
     """Seed of every random choice of the run."""
     quick: bool = False
@@ -687,6 +818,7 @@ class Config:
     compare: CompareConfig = field(default_factory=CompareConfig)
     demos: DemosConfig = field(default_factory=DemosConfig)
     dp: DPConfig = field(default_factory=DPConfig)
+    train_judge: TrainJudgeConfig = field(default_factory=TrainJudgeConfig)
 
     def __post_init__(self):
         if self.seed < 0:
@@ -700,6 +832,9 @@ class Config:
             raise ConfigError("dp.workers", "more than one DP worker needs pipeline.ray=true")
         if self.pipeline.learners > 1 and not self.pipeline.ray:
             raise ConfigError("pipeline.learners", "more than one learner needs pipeline.ray=true")
+        if self.job == "train_judge" and not self.train_judge.data:
+            raise ConfigError("train_judge.data", "job=train_judge needs train_judge.data (a run directory, or a "
+                              "JSONL / Parquet file of preference rows)")
         if self.algo.warmup and self.algo.warmup >= self.train.iterations:
             raise ConfigError("algo.warmup", f"the warm-up ({self.algo.warmup}) must be shorter than "
                               f"train.iterations ({self.train.iterations})")
@@ -711,7 +846,7 @@ QUICK = {"compare.seeds": [0], "demos.count": 400, "lab.iters": 300, "lab.markov
          "train.iterations": 12, "warm_start.steps": 300, "eval.every": 6, "eval.conversations": 20,
          "eval.final_conversations": 40, "checkpoint.every": 6,
          "dp.public_steps": 40, "dp.private_steps": 40, "dp.batch_size": 64, "dp.eval_every": 20,
-         "dp.eval_sequences": 128, "dp.corpus.max_chars": 300_000, "dp.canaries": 100}
+         "dp.eval_sequences": 128, "dp.corpus.max_chars": 300_000, "dp.canaries": 100, "train_judge.epochs": 1}
 
 
 def _first_line(e: Exception) -> str:

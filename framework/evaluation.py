@@ -9,9 +9,14 @@ def win_rate(probabilities: np.ndarray) -> tuple[float, float]:
     """Mean P(current ≻ init) and its 95% half-width, states as the unit of sampling.
 
     Args:
-        probabilities: (S, M) judge probabilities, M paired samples at each of S states.
+        probabilities: (S, M) judge probabilities, M paired samples at each of S states; NaN where
+            the judge dropped a pair (a state with none left is left out).
     """
-    per_state = probabilities.mean(axis=1)
+    probabilities = np.asarray(probabilities, dtype=float)
+    judged = ~np.isnan(probabilities)
+    per_state = np.nansum(probabilities, axis=1)[judged.any(axis=1)] / judged.sum(axis=1)[judged.any(axis=1)]
+    if not len(per_state):
+        return float("nan"), float("nan")
     half = 1.96 * per_state.std(ddof=1) / np.sqrt(len(per_state)) if len(per_state) > 1 else float("nan")
     return float(per_state.mean()), float(half)
 

@@ -128,6 +128,38 @@ class Pair:
 
 
 @dataclass(frozen=True)
+class Verdicts:
+    """A judge's answers for a list of pairs, and how the judging went (the pool's shares merged)."""
+
+    probabilities: list  # (N,) P(a ≻ b), both orders combined; None: the pair failed and was dropped
+    pairs: int = 0  # N
+    asked: int = 0  # single-order judgments requested (both orders, re-asked ones included)
+    failures: int = 0  # pairs dropped (None above)
+    flips: int = 0  # pairs whose verdict changed with the order of the answers
+    ties: int = 0  # single-order verdicts of exactly ½
+    verdicts: int = 0  # single-order verdicts of the pairs kept
+    disagreement: float = 0.0  # Σ over kept pairs of |P(a ≻ b) − (1 − P(b ≻ a))|
+    seconds: float = 0.0  # the judge's own time (a pool: the slowest share)
+
+    @staticmethod
+    def merge(shares: list["Verdicts"]) -> "Verdicts":
+        """The shares of a pool, in order."""
+        total = {name: sum(getattr(v, name) for v in shares)
+                 for name in ("pairs", "asked", "failures", "flips", "ties", "verdicts", "disagreement")}
+        return Verdicts([p for v in shares for p in v.probabilities], **total,
+                        seconds=max((v.seconds for v in shares), default=0.0))
+
+    def metrics(self) -> dict:
+        """``judge_failures``, ``judge_position_flip`` (share of kept pairs), ``judge_tie_rate`` (share
+        of single-order verdicts), ``judge_disagreement`` (mean over kept pairs)."""
+        kept = self.pairs - self.failures
+        return {"judge_pairs": self.pairs, "judge_failures": self.failures,
+                "judge_position_flip": self.flips / kept if kept else None,
+                "judge_tie_rate": self.ties / self.verdicts if self.verdicts else None,
+                "judge_disagreement": self.disagreement / kept if kept else None}
+
+
+@dataclass(frozen=True)
 class TrainBatch:
     """Tensors for one learner update; rows are responses (B), columns tokens (T)."""
 

@@ -97,3 +97,16 @@ def dp_model(cache_dir) -> str:
     from framework.jobs.dp import prepare_model
 
     return prepare_model(load_config(None, [f"cache_dir={cache_dir}", *DP_SMALL]))
+
+
+@pytest.fixture
+def server():
+    """A scripted OpenAI-compatible HTTP server on 127.0.0.1 (tests/llm_server.py), standing in for
+    a hosted LLM provider."""
+    from llm_server import Server
+
+    s = Server()
+    yield s
+    s.release.set()
+    s.httpd.shutdown()
+    s.httpd.server_close()

@@ -8,18 +8,19 @@ What the cases need once — a finished 12-iteration self-play run (its checkpoi
 are corrupted in copies) and a finished DP run — is built per module by the CLI itself. Each CLI
 start spends ~4 s importing torch, Ray and transformers, so the cases run two at a time.
 
-The catalogue, 74 cases, by category:
+The catalogue, 82 cases, by category:
 
     config       22   values of the wrong type, out of range, unknown keys and names
     files        21   config files, demonstrations, task files, model directories
-    judges        8   a user's judge module (syntax, import, constructor), kwargs, kinds
+    judges       16   a user's judge module (syntax, import, constructor), kwargs, kinds; model
+                     paths, LLM endpoints, keys and templates; train_judge data (issue 16)
     checkpoints  11   corrupt or foreign checkpoints on resume, shortening a run
     paths         7   unwritable run and cache directories, eval arguments
     dp budgets    5   schedules and batches the privacy budget or the corpus cannot hold
 
 Run on the code before the issue-15 fixes (the same cases), 39 were clear, 33 unclear (a
 traceback, a crash, more than one line, a wrong key named, or the run directory written first)
-and 2 accepted silently (resuming with fewer iterations or DP steps); now all 74 are clear.
+and 2 accepted silently (resuming with fewer iterations or DP steps); now all 74 are clear; issue 16 added 8 judge cases.
 """
 
 from __future__ import annotations
@@ -204,6 +205,26 @@ CASES = [
          "judge.target judge_ok:Judge: cannot construct with judge.kwargs (got an unexpected keyword argument 'foo')",
          files={"judge_ok.py": JUDGE_OK}),
     Case("unknown judge.kind", "judges", sp("judge.kind=oracle"), "judge.kind: unknown judge 'oracle'"),
+    Case("reward_model without a path", "judges", sp("judge.kind=reward_model"),
+         "judge.path: judge.kind=reward_model needs judge.path"),
+    Case("reward_model path not a model", "judges", sp("judge.kind=reward_model", "judge.path={t}/empty"),
+         "judge.path: {t}/empty has no config.json", files={"empty": lambda path, art: path.mkdir()}),
+    Case("llm without base_url", "judges", sp("judge.kind=llm", "judge.model=m"),
+         "judge.base_url: judge.kind=llm needs judge.base_url"),
+    Case("llm base_url not http", "judges", sp("judge.kind=llm", "judge.model=m", "judge.base_url=ftp://x"),
+         "judge.base_url: must start with http:// or https://"),
+    Case("llm api_key_env unset", "judges", sp("judge.kind=llm", "judge.model=m", "judge.base_url=http://127.0.0.1:9/v1",
+                                               "judge.api_key_env=ALIGNPLAY_NO_SUCH_KEY"),
+         "judge.api_key_env: environment variable ALIGNPLAY_NO_SUCH_KEY is not set"),
+    Case("llm template without {answer_b}", "judges", sp("judge.kind=llm", "judge.model=m",
+                                                         "judge.base_url=http://127.0.0.1:9/v1",
+                                                         "judge.template={t}/t.txt"),
+         "judge.template", files={"t.txt": b"{question} A: {answer_a}"}),
+    Case("train_judge without data", "judges", sp("job=train_judge"), "train_judge.data: job=train_judge needs"),
+    Case("train_judge bad row", "judges", sp("job=train_judge", "train_judge.data={t}/p.jsonl"),
+         "{t}/p.jsonl:2: 'probability' must be a number in [0, 1]",
+         files={"p.jsonl": b'{"prompt": "1+1", "chosen": "2!", "rejected": "3."}\n'
+                           b'{"prompt": "1+1", "a": "2!", "b": "3.", "probability": 2}\n'}),
 
     # --- checkpoints: resuming the finished 12-iteration run (and the DP run) ---------------------
     Case("resume: truncated weights", "checkpoints", sp("resume=true"),

@@ -40,7 +40,10 @@ def readme_commands() -> list[str]:
 
 
 COMMANDS = readme_commands()
-RUNS = [c for c in COMMANDS if c.startswith("alignplay run ")]
+#: the judge commands read the demo's run (runs/quickstart) or a judge trained from it: run after it
+AFTER_DEMO = [c for c in COMMANDS if c.startswith("alignplay run ") and
+              ("examples/train_judge.yaml" in c or "judge.path=runs/" in c)]
+RUNS = [c for c in COMMANDS if c.startswith("alignplay run ") and c not in AFTER_DEMO]
 LABS = [c for c in COMMANDS if c.startswith("alignplay lab ")]
 FIRST_IRFT = next(c for c in RUNS if "algo.name=irft" in c)
 
@@ -85,8 +88,9 @@ def test_the_readme_shows_the_commands_this_file_checks():
     assert any(c.startswith("alignplay eval ") for c in COMMANDS)
 
 
-@pytest.mark.parametrize("command", RUNS)
-def test_each_run_command_passes_its_checks_as_written(command, workspace, cache_dir):
+def preflight(command: str, cache_dir: Path) -> Path:
+    """The config checks and the job's preflight of an ``alignplay run`` command in quick form;
+    its run directory."""
     from framework.cli import build_parser
     from framework.config import load_config
     from framework.jobs import JOBS
@@ -95,6 +99,12 @@ def test_each_run_command_passes_its_checks_as_written(command, workspace, cache
     cfg = load_config(args.config, [*args.overrides, *extra, f"cache_dir={cache_dir}"])
     run_dir = Path(args.run_dir or "runs/readme")
     JOBS[cfg.job].preflight(cfg, run_dir)
+    return run_dir
+
+
+@pytest.mark.parametrize("command", RUNS)
+def test_each_run_command_passes_its_checks_as_written(command, workspace, cache_dir):
+    run_dir = preflight(command, cache_dir)
     assert not run_dir.exists() and not (workspace / "runs").exists()
 
 
@@ -110,6 +120,13 @@ def test_the_demo_and_the_irft_example_run_in_quick_form_then_eval_and_report(wo
     assert 0.0 <= json.loads((workspace / "runs" / "quickstart" / "eval.json").read_text())["win_rate_vs_reference"] <= 1.0
     report = cli("report", "runs/quickstart", cwd=workspace, cache_dir=cache_dir)
     assert report.returncode == 0 and (workspace / "runs" / "quickstart" / "report.md").exists(), report.stderr
+    for command in AFTER_DEMO:  # train the judges on the demo's run; the runs using them pass their checks
+        if "examples/train_judge.yaml" in command:
+            trained = cli(*shlex.split(command)[1:], "quick=true", cwd=workspace, cache_dir=cache_dir)
+            assert trained.returncode == 0 and "held-out accuracy" in trained.stdout, trained.stderr[-3000:]
+        else:
+            assert not preflight(command, cache_dir).exists()
+    assert len(AFTER_DEMO) == 4 and (workspace / "runs" / "judge-rm" / "judge" / "judge.json").exists()
     irft = cli(*shlex.split(FIRST_IRFT)[1:], "quick=true", cwd=workspace, cache_dir=cache_dir)
     assert irft.returncode == 0, irft.stderr[-3000:]
     assert json.loads((workspace / "runs" / "irft" / "summary.json").read_text())["iterations"] == 5

@@ -7,6 +7,7 @@
     dp.py           (DP) continual pre-training                         job: dp
     compare_dp.py   DP pre-training methods side by side                job: compare_dp
     lab.py          tabular MPO/OMPO on exact games                     job: lab, alignplay lab
+    train_judge.py  a reward / pairwise preference model from preferences job: train_judge
     evaluate.py     held-out evaluation                                 alignplay eval
     warmstart.py    the cached SFT warm start every self-play run begins with
     rundir.py       preflight, checkpoints, resume truncation, summaries (every job's run directory)
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from framework.config import Config
-from framework.jobs import compare, compare_dp, compare_irl, dp, lab, selfplay
+from framework.jobs import compare, compare_dp, compare_irl, dp, lab, selfplay, train_judge
 from framework.jobs.reports import dp_summary, selfplay_summary
 
 
@@ -45,6 +46,7 @@ JOBS: dict[str, Job] = {
     "dp": Job(dp.preflight, dp.run, dp_summary),
     "compare_dp": Job(compare_dp.preflight, compare_dp.run),
     "lab": Job(lab.preflight, lab.run),
+    "train_judge": Job(train_judge.preflight, train_judge.run, train_judge.finish),
 }
 
 

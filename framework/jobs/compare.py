@@ -47,7 +47,7 @@ def check_run(sub: Config) -> None:
     """What a self-play run's preflight checks of its config, for a run of a comparison."""
     check_inputs(sub)
     build_judge(sub.judge.kind, task=get_task(**dataclasses.asdict(sub.task)), target=sub.judge.target,
-                kwargs=dict(sub.judge.kwargs))
+                settings=sub.judge.settings())
 
 
 def run(cfg: Config, run_dir: Path) -> dict:

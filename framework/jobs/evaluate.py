@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from actors.generator import RolloutGenerator
-from actors.judge import PreferenceJudge
+from actors.judge import PreferenceJudge, judge_all
 from actors.remote import Handle, make_cluster
 from framework.config import Config, load_config
 from framework.errors import InputError
@@ -24,16 +24,18 @@ from games.tasks import Task, get_task
 
 
 def evaluate(cluster, policy: Handle[RolloutGenerator], reference: Handle[RolloutGenerator],
-             judge: Handle[PreferenceJudge], task: Task, states: list, *, samples: int, seed: int) -> dict:
-    """Win rate of ``policy`` against ``reference`` on held-out states, and its exploitability."""
+             judges: list[Handle[PreferenceJudge]], task: Task, states: list, *, samples: int, seed: int) -> dict:
+    """Win rate of ``policy`` against ``reference`` on held-out states (by the pool ``judges``; a
+    pair the judge dropped counts for neither), and its exploitability."""
     cur, ref = cluster.get([policy.call(RolloutGenerator.sample, states, k=samples, seed=seed),
                             reference.call(RolloutGenerator.sample, states, k=samples, seed=seed + 1)])
     conversations = [s for s in states for _ in range(samples)]
     a = [x.text for group in cur for x in group]
     b = [x.text for group in ref for x in group]
-    probs = np.array(cluster.get(judge.call(PreferenceJudge.compare, conversations, a, b)))
+    verdicts = judge_all(cluster, judges, conversations, a, b)
+    probs = np.array([np.nan if p is None else p for p in verdicts.probabilities])
     rate, half = win_rate(probs.reshape(len(states), samples))
-    out = {"win_rate_vs_init": rate, "win_rate_ci95": half}
+    out = {"win_rate_vs_init": rate, "win_rate_ci95": half, "eval_judge_failures": verdicts.failures}
     if task.response_classes:
         counts = class_counts(task, states, [[x.text for x in g] for g in cur])
         out["exploitability"] = float(task.exploitability(counts).mean())
@@ -53,9 +55,9 @@ def evaluate_policy(cfg: Config, policy: str, reference: str, *, conversations: 
     current = cluster.spawn(RolloutGenerator, model_path=policy, generator_id=0, **make)
     ref = cluster.spawn(RolloutGenerator, model_path=reference, generator_id=-1, **make)
     judge = cluster.spawn(PreferenceJudge, kind=cfg.judge.kind, task=task, target=cfg.judge.target,
-                          kwargs=dict(cfg.judge.kwargs), retries=cfg.judge.retries)
+                          settings=cfg.judge.settings(), retries=cfg.judge.retries, requeue=cfg.judge.requeue)
     states = task.heldout_states(conversations, seed)
-    out = evaluate(cluster, current, ref, judge, task, states, samples=samples, seed=seed)
+    out = evaluate(cluster, current, ref, [judge], task, states, samples=samples, seed=seed)
     out["win_rate_vs_reference"] = out.pop("win_rate_vs_init")
     return {**out, "policy": str(policy), "reference": str(reference), "task": cfg.task.name,
             "states": len(states), "samples_per_state": samples, "seed": seed}

@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from actors.generator import RolloutGenerator
-from actors.judge import PreferenceJudge
+from actors.judge import JudgeError, PreferenceJudge, judge_all
 from actors.learner import Learner
 from actors.remote import Ask, Handle, RoleLost, ask, check_local_fit, cluster_for
 from framework import checkpoint as ckpt
@@ -40,9 +40,10 @@ from framework.jobs import evaluate as held_out
 from framework.jobs.rundir import (append_metrics, preflight as check_run_dir, read_summary, timed, truncate,
                                    write_checkpoint, write_summary)
 from framework.jobs.warmstart import prepare_policy
-from framework.records import Comparison, Pair, Rollout, TrainBatch, write_parquet
+from framework.records import Comparison, Pair, Rollout, TrainBatch, Verdicts, write_parquet
 from games.demonstrations import demonstrations
 from games.judges import build_judge, judge_modules
+from games.judges.llm import RateLimiter
 from games.tasks import Task, get_task
 
 #: What defines a self-play experiment: a resumed run must keep these as they were.
@@ -54,7 +55,7 @@ def preflight(cfg: Config, run_dir: Path) -> None:
     joins, the run checks its resources when it has joined, before any role starts)."""
     check_run_dir(cfg, run_dir, experiment_keys=EXPERIMENT_KEYS)
     task = get_task(**dataclasses.asdict(cfg.task))
-    build_judge(cfg.judge.kind, task=task, target=cfg.judge.target, kwargs=dict(cfg.judge.kwargs))
+    build_judge(cfg.judge.kind, task=task, target=cfg.judge.target, settings=cfg.judge.settings())
     check_local_fit(cfg.pipeline, lambda gpus: placement(cfg, gpus))
 
 
@@ -65,7 +66,7 @@ class Roles:
     cluster: object
     generators: list[Handle[RolloutGenerator]]
     reference: Handle[RolloutGenerator]  # a frozen generator holding the warm-start policy (for win rates)
-    judge: Handle[PreferenceJudge]
+    judges: list[Handle[PreferenceJudge]]  # the pool (pipeline.judges) sharing each iteration's pairs
     learners: list[Handle[Learner]]
     pad_id: int
     weight_sync: str = "object_store"  # pipeline.weight_sync
@@ -130,7 +131,7 @@ def source(cfg: Config, task: Task) -> Source:
 def placement(cfg: Config, gpus: float) -> list[list[Ask]]:
     """What each role asks for, grouped into the bundles of the run's placement group: with
     ``colocated`` generator i and learner i share bundle i (on GPUs, half of one GPU each), with
-    ``disaggregated`` each has its own (a whole GPU); the reference and the judge have their own."""
+    ``disaggregated`` each has its own (a whole GPU); the reference and each judge have their own."""
     p, r = cfg.pipeline, cfg.pipeline.resources
     shared = p.placement == "colocated"
     gpu = (0.5 if shared else 1.0) if gpus else 0.0
@@ -140,7 +141,7 @@ def placement(cfg: Config, gpus: float) -> list[list[Ask]]:
     pairs = [[*learners[i:i + 1], *generators[i:i + 1]] for i in range(max(p.learners, p.generators))]
     groups = pairs if shared else [[a] for a in learners + generators]
     return groups + [[ask(r.reference, "reference", "pipeline.resources.reference")],
-                     [ask(r.judge, "judge", "pipeline.resources.judge")]]
+                     *[[ask(r.judge, f"judge {i}", "pipeline.resources.judge")] for i in range(p.judges)]]
 
 
 def build_roles(cfg: Config, task: Task, policy_path: str, cluster) -> Roles:
@@ -174,12 +175,21 @@ def build_roles(cfg: Config, task: Task, policy_path: str, cluster) -> Roles:
                               backend=p.backend,
                               generator_id=-1, max_new_tokens=cfg.model.max_new_tokens, threads=1,
                               dtype=cfg.model.dtype)
-    judge = cluster.spawn(PreferenceJudge, slot=slots["judge"], restartable=True, kind=cfg.judge.kind, task=task,
-                          target=cfg.judge.target, kwargs=dict(cfg.judge.kwargs), retries=cfg.judge.retries)
+    j = cfg.judge
+    # one rate limit for the whole run, held by a small actor every judge asks (not one per judge)
+    limiter = cluster.spawn(RateLimiter, cpus=0, requests_per_minute=j.requests_per_minute,
+                            tokens_per_minute=j.tokens_per_minute).actor if j.kind == "llm" else None
+    # the API key reaches judge actors on other processes or nodes from this one's environment
+    name = j.api_key_env if j.kind == "llm" else None
+    key = {name: os.environ[name]} if name and name in os.environ else None
+    judges = [cluster.spawn(PreferenceJudge, slot=slots[f"judge {i}"], restartable=True, kind=j.kind, task=task,
+                            target=j.target, settings=j.settings(), retries=j.retries, requeue=j.requeue,
+                            limiter=limiter, environment=key)
+              for i in range(p.judges)]
     pad_id = cluster.get(generators[0].call(RolloutGenerator.pad_id))
     if p.weight_sync == "broadcast":
         connect_weights(cluster, weights_at, learners, generators)
-    return Roles(cluster, generators, reference, judge, learners, pad_id, p.weight_sync, p.learner_strategy)
+    return Roles(cluster, generators, reference, judges, learners, pad_id, p.weight_sync, p.learner_strategy)
 
 
 def connect_weights(cluster, address: str, learners: list[Handle[Learner]],
@@ -213,15 +223,21 @@ class Generation:
         return [r for part in self.roles.cluster.get(self.inflight.popleft()) for r in part]
 
 
-def judge(roles: Roles, pairs: list[Pair], iteration: int, judge_name: str) -> list[Comparison]:
-    """Every pair in one call to the judge."""
-    if not pairs:
-        return []
+def judge(roles: Roles, pairs: list[Pair], iteration: int, judge_name: str) -> tuple[list[Comparison], Verdicts]:
+    """Every pair, shared by the judge pool; the pairs the judge dropped are not compared."""
     parsed = {state: json.loads(state) for state in {p.state for p in pairs}}  # many pairs share a state
-    conversations = [parsed[p.state] for p in pairs]
-    probs = roles.cluster.get(roles.judge.call(PreferenceJudge.compare, conversations,
-                                               [p.answer_a for p in pairs], [p.answer_b for p in pairs]))
-    return [p.judged(prob, iteration=iteration, judge=judge_name) for p, prob in zip(pairs, probs)]
+    verdicts = judge_all(roles.cluster, roles.judges, [parsed[p.state] for p in pairs],
+                         [p.answer_a for p in pairs], [p.answer_b for p in pairs])
+    if pairs and verdicts.failures == len(pairs):
+        raise JudgeError(f"judge {judge_name}: every one of iteration {iteration + 1}'s {len(pairs)} pairs failed")
+    return [p.judged(prob, iteration=iteration, judge=judge_name)
+            for p, prob in zip(pairs, verdicts.probabilities) if prob is not None], verdicts
+
+
+def unjudged(pairs: list[Pair], verdicts: Verdicts) -> set[str]:
+    """The conversations with a pair the judge dropped: they sit this update out (a state missing
+    a comparison has no win rates)."""
+    return {p.conversation_id for p, prob in zip(pairs, verdicts.probabilities) if prob is None}
 
 
 def update(roles: Roles, batch: TrainBatch, settings: AlgoConfig, lr: float) -> dict:
@@ -317,7 +333,7 @@ def log(run_dir: Path, m: dict, state: RunState, rollouts: list[Rollout], fresh:
 
 def evaluate(roles: Roles, task: Task, states: list, samples: int, seed: int) -> dict:
     """The current policy against the warm start on held-out states (``framework.jobs.evaluate``)."""
-    return held_out.evaluate(roles.cluster, roles.generators[0], roles.reference, roles.judge, task, states,
+    return held_out.evaluate(roles.cluster, roles.generators[0], roles.reference, roles.judges, task, states,
                              samples=samples, seed=seed)
 
 
@@ -387,10 +403,16 @@ def selfplay(cfg: Config, run_dir: Path, task: Task, policy_path: str, cluster, 
                 rollouts = generation.take(t)
             with timed(m, "judge"):
                 fresh, stale = split_stale(rollouts, state.version, plan.max_age(cfg.pipeline.max_staleness))
-                comparisons = judge(roles, plan.pairs(rollouts) + state.memory.pairs(fresh), t, judge_name)
+                pairs = plan.pairs(rollouts) + state.memory.pairs(fresh)
+                comparisons, verdicts = judge(roles, pairs, t, judge_name)
+                dropped = unjudged(pairs, verdicts)
+                judged = [r for r in fresh if r.conversation_id not in dropped]
+                kept = [c for c in comparisons if c.conversation_id not in dropped]
+            m.update(verdicts.metrics(), judge_pairs_per_s=len(pairs) / m["judge_s"] if pairs else None,
+                     judge_dropped_conversations=len(dropped))
             with timed(m, "build_batch"):
-                batch = algo.build_batch(fresh, comparisons, keep=cfg.algo.keep, pad_id=roles.pad_id, **options)
-                m.update(state.memory.observe(fresh, comparisons))
+                batch = algo.build_batch(judged, kept, keep=cfg.algo.keep, pad_id=roles.pad_id, **options)
+                m.update(state.memory.observe(judged, kept))
             with timed(m, "update"):
                 m.update(update(roles, batch, cfg.algo, cfg.algo.lr_at(t, cfg.train.iterations)))
                 state.version += 1

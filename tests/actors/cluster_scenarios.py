@@ -106,7 +106,7 @@ def roles_land_where_their_resources_say(run_dir: Path) -> None:
         roles = build_roles(cfg, task, policy, remote)
         names = node_names(c)
         placed = {"learner 0": roles.learners[0], "learner 1": roles.learners[1], "generator 0": roles.generators[0],
-                  "reference": roles.reference, "judge": roles.judge}
+                  "reference": roles.reference, "judge": roles.judges[0]}
         where = {role: names[remote.node_of(h)[:8]] for role, h in placed.items()}
         for role, node in where.items():
             print(f"node {role} {node}", flush=True)

@@ -169,7 +169,7 @@ def check_survived(name: str, run: dict, clean: dict) -> None:
     assert sorted(run["comparisons"]) == sorted(clean["comparisons"])
 
 
-@pytest.mark.parametrize("role", ["generator 0", "judge", "reference"])
+@pytest.mark.parametrize("role", ["generator 0", "judge 0", "reference"])
 def test_a_killed_stateless_role_is_restarted_and_its_calls_reissued(role, clean, cache_dir, tmp_path):
     summary, run, killer = faulty_run(cache_dir, tmp_path, f"{role} ", [2])
     assert len(killer.killed) == 1
@@ -200,7 +200,7 @@ def test_a_hung_judge_misses_its_deadline_and_is_replaced(clean, cache_dir, tmp_
                            tmp_path / "run", progress=False)
     run = {**records(tmp_path / "run"), "wall_s": time.perf_counter() - start}
     assert marker.with_suffix(".hung").exists()  # it did hang
-    assert summary["faults"] == {"rebuilds": 0, "restarts": {"judge": 1}}
+    assert summary["faults"] == {"rebuilds": 0, "restarts": {"judge 0": 1}}
     # (the custom judge's name is its target, so compare keys and samples, not the judge column)
     check_survived("hung judge (5 s deadline)", run, clean)
 
@@ -215,8 +215,8 @@ def test_a_learner_killed_twice_is_rebuilt_from_its_checkpoint(clean, cache_dir,
 def test_past_its_restart_budget_a_role_stops_the_run_resumable(clean, cache_dir, tmp_path):
     from framework.errors import AlignplayError
 
-    with pytest.raises(AlignplayError, match=r"^judge died .*pipeline.max_restarts=0 restarts used up"):
-        faulty_run(cache_dir, tmp_path, "judge ", [2], "pipeline.max_restarts=0")
+    with pytest.raises(AlignplayError, match=r"^judge 0 died .*pipeline.max_restarts=0 restarts used up"):
+        faulty_run(cache_dir, tmp_path, "judge 0 ", [2], "pipeline.max_restarts=0")
     saved = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     logged = len((tmp_path / "metrics.jsonl").read_text().splitlines())
     assert logged >= 2 and saved[-1] == f"iter_{logged:06d}"  # the stop saved where it was

@@ -53,7 +53,7 @@ def test_rule_judge_is_the_tasks_and_antisymmetric(task):
 
 
 def test_custom_judge_is_loaded_and_symmetrised(judges_module):
-    judge = PreferenceJudge(kind="custom", target=f"{judges_module}:LongerWins", kwargs={"bias": 0.1})
+    judge = PreferenceJudge(kind="custom", target=f"{judges_module}:LongerWins", settings={"bias": 0.1})
     # raw: P(a≻b) = .5 + .1·(2 − 1) + .1 = .7 and P(b≻a) = .5 − .1 + .1 = .5 → ½(.7 + 1 − .5) = .6
     assert judge.compare([CONV], ["ab"], ["a"]) == pytest.approx([0.6])
     assert judge.name == f"{judges_module}:LongerWins"
@@ -71,10 +71,10 @@ def test_out_of_contract_answers_name_the_judge(judges_module, target, message):
 
 
 def test_a_raising_judge_is_retried_then_reported(judges_module):
-    flaky = PreferenceJudge(kind="custom", target=f"{judges_module}:Flaky", kwargs={"fail_times": 2},
+    flaky = PreferenceJudge(kind="custom", target=f"{judges_module}:Flaky", settings={"fail_times": 2},
                             retries=2, retry_wait=0.0)
     assert flaky.compare([CONV], ["1!"], ["2!"]) == [0.5]  # failed twice, third attempt answered
-    hopeless = PreferenceJudge(kind="custom", target=f"{judges_module}:Flaky", kwargs={"fail_times": 10**6},
+    hopeless = PreferenceJudge(kind="custom", target=f"{judges_module}:Flaky", settings={"fail_times": 10**6},
                                retries=1, retry_wait=0.0)
     with pytest.raises(JudgeError, match="failed 2 times: TimeoutError: endpoint timed out"):
         hopeless.compare([CONV], ["1!"], ["2!"])

@@ -93,6 +93,18 @@ def test_rft_learns_a_reward_that_prefers_the_demonstrations(small_config, tiny_
     assert rows[-1]["reward_loss"] < min(rows[0]["reward_loss"], math.log(2))
     table = pq.read_table(tmp_path / "rollouts" / "iter_000001.parquet").to_pylist()
     assert sum(r["sample"] == -1 for r in table) == 16 and sum(r["sample"] >= 0 for r in table) == 16 * 3  # K = 3
+    # the reward model is a judge.kind=reward_model checkpoint: loaded as one, it prefers the
+    # demonstrations to the policy's own answers of the last iteration, as its falling loss says
+    from actors.judge import PreferenceJudge
+
+    judge = PreferenceJudge(kind="reward_model", settings={"path": str(tmp_path / "checkpoints" / "final" /
+                                                                         "reward_model")})
+    last = pq.read_table(tmp_path / "rollouts" / "iter_000004.parquet").to_pylist()
+    demo = {r["conversation_id"]: r for r in last if r["sample"] == -1}
+    own = [r for r in last if r["sample"] >= 0 and r["conversation_id"] in demo]
+    p = judge.compare([json.loads(r["messages"]) for r in own], [demo[r["conversation_id"]]["response"] for r in own],
+                      [r["response"] for r in own])
+    assert sum(p) / len(p) > 0.5
 
 
 def test_resume_mid_round_continues_with_the_same_metrics(small_config, tiny_policy, tmp_path):

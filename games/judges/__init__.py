@@ -1,13 +1,18 @@
 """Preference judges: the ``Judge`` protocol and a registry (DESIGN §2.4).
 
-A judge is any object with ``compare(conversations, a, b) -> list[float]``: ``conversations`` is
-a list of chat-message lists (``{"role", "content"}``) each ending with the user turn, ``a`` and
-``b`` lists of response strings, and the result is P(a ≻ b) per pair, in [0, 1]. A judge may set
-``antisymmetric = True`` when P(a ≻ b) + P(b ≻ a) = 1 holds exactly; otherwise the host
-symmetrises it as ½(P(a ≻ b) + 1 − P(b ≻ a)).
+A judge is any object with ``compare(conversations, a, b) -> list[float | None]``:
+``conversations`` is a list of chat-message lists (``{"role", "content"}``) each ending with the
+user turn, ``a`` and ``b`` lists of response strings, and the result is P(a ≻ b) per pair, in
+[0, 1], or None for a pair it could not judge (the host asks it again, then drops and counts it:
+never a made-up score). A judge may set ``antisymmetric = True`` when P(a ≻ b) + P(b ≻ a) = 1
+holds exactly; otherwise the host asks both orders and combines ½(P(a ≻ b) + 1 − P(b ≻ a)).
 
-``judge.kind=custom`` with ``judge.target=module:Class`` loads a user's class from the Python
-path (configs are trusted code, as with any plugin system).
+    rule            the task's programmatic judge                  (here)
+    reward_model    a scalar reward model: σ((r_a − r_b)/T)         models.py
+    pairwise_model  a model reading both answers                    models.py
+    llm             an LLM over an OpenAI-compatible HTTP endpoint  llm.py
+    custom          ``judge.target=module:Class`` from the Python path (configs are trusted code,
+                    as with any plugin system)
 """
 
 from __future__ import annotations
@@ -95,10 +100,27 @@ def judge_modules(kind: str, target: str | None) -> tuple[str, ...]:
     return (target.split(":", 1)[0],) if kind == "custom" and target else ()
 
 
-def build_judge(kind: str, *, task=None, target: str | None = None, kwargs: dict | None = None) -> Judge:
+def build_judge(kind: str, *, task=None, target: str | None = None, settings: dict | None = None,
+                limiter=None) -> Judge:
+    """The judge of ``kind`` from its settings (``JudgeConfig.settings()``: its ``judge.`` keys and
+    ``kwargs``); ``limiter``: the run's shared rate limit (the ``llm`` kind)."""
     if kind not in JUDGES:
         raise InputError(f"judge.kind: unknown judge {kind!r}; choose from {sorted(JUDGES)}")
-    extra = dict(kwargs or {})
+    extra = dict(settings or {})
     if kind == "custom":
         return JUDGES[kind](target=target, task=task, **extra)
-    return JUDGES[kind](task=task, **extra)
+    if kind == "llm":
+        extra["limiter"] = limiter
+    factory = JUDGES[kind]
+    try:
+        inspect.signature(factory).bind(task=task, **extra)
+    except TypeError as e:
+        raise InputError(f"judge.kwargs: judge.kind={kind} {e}") from None
+    return factory(task=task, **extra)
+
+
+from games.judges import llm, models  # noqa: E402  (the kinds of their own files)
+
+register_judge("reward_model")(models.reward_model_judge)
+register_judge("pairwise_model")(models.pairwise_model_judge)
+register_judge("llm")(llm.llm_judge)
