@@ -404,8 +404,8 @@ class RayCluster:
         setting = [c for c in role.log if not c.done and getattr(c.method, "state_setting", False)]
         if setting:
             ready = set(self.ray.wait([c.ref for c in setting], num_returns=len(setting), timeout=0)[0])
-            for c in setting:
-                c.done = c.ref in ready
+            for c in setting:  # (a call of an actor that died meanwhile is ready too, with an error)
+                c.done = c.ref in ready and self._succeeded(c.ref)
         last = next((c for c in reversed(role.log) if c.done and getattr(c.method, "state_setting", False)), None)
         role.log = [c for c in role.log if not c.done or c is last]
 

@@ -428,14 +428,20 @@ def selfplay(cfg: Config, run_dir: Path, task: Task, policy_path: str, cluster, 
                 save_checkpoint(roles, run_dir, state, state.version, cfg.checkpoint.keep)
             raise
         state.count(rollouts, stale, batch)
+        with timed(m, "log"):  # (before a checkpoint: one that holds iteration t + 1 has its records)
+            log(run_dir, m, state, rollouts, fresh, stale, comparisons, batch)
         with timed(m, "checkpoint"):
             if (t + 1) % cfg.checkpoint.every == 0 and t + 1 < cfg.train.iterations:
                 save_checkpoint(roles, run_dir, state, t + 1, cfg.checkpoint.keep)
-        with timed(m, "evaluate"):
-            if (t + 1) % cfg.eval.every == 0 or t + 1 == cfg.train.iterations:
-                m.update(evaluate(roles, task, eval_states, cfg.eval.samples, seed=cfg.seed + t + 1))
-        with timed(m, "log"):
-            log(run_dir, m, state, rollouts, fresh, stale, comparisons, batch)
+        try:
+            with timed(m, "evaluate"):
+                if (t + 1) % cfg.eval.every == 0 or t + 1 == cfg.train.iterations:
+                    m.update(evaluate(roles, task, eval_states, cfg.eval.samples, seed=cfg.seed + t + 1))
+        except AlignplayError as e:  # the iteration is complete and logged: keep it, then stop
+            append_metrics(run_dir, m)
+            if not (isinstance(e, RoleLost) and e.rebuild):
+                save_checkpoint(roles, run_dir, state, t + 1, cfg.checkpoint.keep)
+            raise
         elapsed = time.perf_counter() - wall
         append_metrics(run_dir, {**m, "samples_per_s": len(batch) / elapsed, "iteration_s": elapsed})
         bar.update(1)
