@@ -53,6 +53,11 @@ class Plan(Protocol):
     def max_age(self, max_staleness: int) -> int:
         """How many policy versions a trained-on sample may lag behind the learner."""
 
+    def barrier(self, iteration: int) -> bool:
+        """Whether ``iteration`` must start from the latest policy: its request waits until every
+        earlier update is published, whatever ``pipeline.mode`` (async generation never runs
+        ahead into it)."""
+
 
 class Memory(Protocol):
     """What a method keeps between iterations; part of the run state in every checkpoint."""

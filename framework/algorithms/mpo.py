@@ -52,6 +52,9 @@ class SelfPlay:
     def max_age(self, max_staleness: int) -> int:
         return max_staleness
 
+    def barrier(self, iteration: int) -> bool:
+        return False  # async self-play may run ahead of the learner by max_staleness versions
+
 
 def tree(settings, source: Source) -> SelfPlay:
     """K answers branch at every turn; Monte-Carlo and terminal Q also continue every branch."""

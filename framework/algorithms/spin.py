@@ -62,7 +62,12 @@ class Demonstrations:
         return (iteration + 1) % self.round_iterations == 0
 
     def max_age(self, max_staleness: int) -> int:
-        return max_staleness + self.round_iterations - 1  # a round's samples age by design
+        return self.round_iterations - 1  # within a round the samples age by design, never more
+
+    def barrier(self, iteration: int) -> bool:
+        """A round starts from the latest published policy: it draws the round's answers and is
+        its reference (the paper resets both each round); only a round's later parts overlap."""
+        return iteration % self.round_iterations == 0
 
 
 def rounds_of(settings, iterations: int) -> int:

@@ -9,7 +9,8 @@ generates, judges, remembers and how it updates come from its algorithm's hooks
 In ``sync`` mode each stage waits for the previous one. In ``async`` mode the generation of the
 next ``max_staleness`` iterations is already queued while the learner trains, so generators run
 ahead of the learner by at most ``max_staleness`` policy versions; samples older than that are
-dropped and counted. Ray stays behind ``actors.remote`` (this module never imports it).
+dropped and counted. A plan's barrier (a demonstration method's round start) is never run ahead
+into: that iteration's generation starts from the latest published policy in either mode. Ray stays behind ``actors.remote`` (this module never imports it).
 """
 
 from __future__ import annotations
@@ -205,7 +206,9 @@ def connect_weights(cluster, address: str, learners: list[Handle[Learner]],
 # --- stages ------------------------------------------------------------------------------------
 class Generation:
     """The generate stage: iteration t's request is sent to the generators ``ahead`` iterations
-    early (0 in sync mode), each generator taking every n-th part of it."""
+    early (0 in sync mode), each generator taking every n-th part of it, but never past an
+    iteration the plan makes a barrier (``Plan.barrier``: it is sent once t's update is published,
+    and the generators apply weights in the order they are sent)."""
 
     def __init__(self, roles: Roles, plan: Plan, *, seed: int, iterations: int, ahead: int, start: int):
         self.roles, self.plan, self.seed, self.iterations, self.ahead = roles, plan, seed, iterations, ahead
@@ -215,6 +218,8 @@ class Generation:
     def take(self, t: int) -> list[Rollout]:
         """Iteration t's rollouts (after queueing the requests of the iterations up to t + ahead)."""
         while self.next <= min(t + self.ahead, self.iterations - 1):
+            if self.next > t and self.plan.barrier(self.next):  # it waits for t's update
+                break
             seed = iteration_seed(self.seed, self.next)
             parts = self.plan.request(self.next).split(len(self.roles.generators))
             self.inflight.append([g.call(RolloutGenerator.generate, part, iteration=self.next, seed=seed * 10 + i)

@@ -58,6 +58,25 @@ def test_irft_rounds_take_fresh_slices_under_ray(ray_session, small_config, tiny
     assert len(demos) == 16 and all(len(r["response_logprobs"]) == len(r["response_ids"]) for r in demos)
 
 
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("n", [1, 2])
+def test_each_irft_round_starts_from_the_latest_policy(small_config, tiny_policy, tmp_path, mode, n):
+    """Round r draws its answers from, and measures ρ against, policy version r·n (n iterations
+    per round), in async mode too: a round start is a barrier, only a round's later parts overlap."""
+    cfg = small_config("demos.count=8", "eval.every=4", "pipeline.ray=false", f"pipeline.mode={mode}",
+                       "pipeline.max_staleness=1", "train.iterations=4", "algo.name=irft", f"algo.rounds={4 // n}",
+                       f"algo.round_iterations={n}", "algo.lr=0.003")
+    run_selfplay(cfg, tmp_path, progress=False)
+    table = pq.read_table(tmp_path / "rollouts").to_pylist()
+    for r in table:  # the demonstrations' scores (the contrast's reference) and π's own answers
+        assert r["policy_version"] == r["iteration"] // n * n, (r["iteration"], r["sample"])
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["dropped_stale"] for r in rows] == [0] * 4
+    for i, r in enumerate(rows):  # ρ before the first step: 0 at a round start, not after a step
+        assert (abs(r["behaviour_gap"]) < 1e-4) == (i % n == 0), (i, r["behaviour_gap"])
+        assert r["staleness_mean"] == i % n
+
+
 def test_sft_on_demonstrations_raises_their_likelihood(small_config, tiny_policy, tmp_path):
     cfg = small_config(*DEMOS, "train.iterations=3", "pipeline.ray=false", "algo.name=sft", "algo.lr=0.003")
     run_selfplay(cfg, tmp_path, progress=False)
