@@ -101,20 +101,23 @@ class RolloutGenerator:
             out += self.rollout(list(request.episodes), k=request.k, iteration=iteration, seed=seed,
                                 mode=request.mode)
         if request.demonstrations:
-            out += self.respond(list(request.demonstrations), k=request.k, iteration=iteration, seed=seed)
+            out += self.respond(list(request.demonstrations), k=request.k, iteration=iteration, seed=seed,
+                                temperature=request.temperature)
         return out
 
     def respond(self, demonstrations: list[tuple[str, list[dict], str]], *, k: int, iteration: int,
-                seed: int) -> list[Rollout]:
+                seed: int, temperature: float = 1.0) -> list[Rollout]:
         """For each (id, state, demonstrated answer): the demonstration scored by this policy
-        (``sample = -1``, its log-probs under π_t) and K answers of its own (samples 0..K−1)."""
+        (``sample = -1``, its log-probs under π_t) and K answers of its own (samples 0..K−1, drawn
+        at ``temperature``; 0 is greedy), each with its log-probs under π_t."""
         if not hasattr(self.backend, "score"):
             raise InputError("demonstration methods need a backend that scores given answers: "
                              "use pipeline.backend=hf")
         prompts = [self.encode(state) for _, state, _ in demonstrations]
         answers = [self.encode_answer(state, text) for _, state, text in demonstrations]
         scored = self.backend.score(prompts, answers)
-        drawn = self.backend.generate(prompts, k=k, seed=seed * 1000) if k > 0 else [[] for _ in prompts]
+        drawn = (self.backend.generate(prompts, k=k, seed=seed * 1000, temperature=temperature) if k > 0
+                 else [[] for _ in prompts])
         out = []
         for (demo_id, state, text), prompt, ids, logps, group in zip(demonstrations, prompts, answers, scored, drawn):
             state_json, turn = json.dumps(state), sum(m["role"] == "user" for m in state) - 1
@@ -132,9 +135,10 @@ class RolloutGenerator:
         ids = [self.encode_answer(s, a) for s, a in zip(states, answers)]
         return [float(sum(x)) for x in self.backend.score(prompts, ids)]
 
-    def sample(self, states: list[list[dict]], *, k: int, seed: int) -> list[list[Sample]]:
-        """K samples for each state (a conversation prefix ending with a user turn)."""
-        return self.backend.generate([self.encode(s) for s in states], k=k, seed=seed)
+    def sample(self, states: list[list[dict]], *, k: int, seed: int, temperature: float = 1.0) -> list[list[Sample]]:
+        """K samples for each state (a conversation prefix ending with a user turn), at
+        ``temperature`` (0: greedy)."""
+        return self.backend.generate([self.encode(s) for s in states], k=k, seed=seed, temperature=temperature)
 
     def rollout(self, episodes: list[Episode], *, k: int, iteration: int, seed: int,
                 mode: str = "tree") -> list[Rollout]:

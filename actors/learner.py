@@ -92,6 +92,8 @@ class Learner:
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
         self.version = 0
         self.steps_taken = 0  # optimizer steps of the current update
+        self.policy_steps = 0  # of them, the policy's
+        self.step_lrs: list[float] = []  # the current update's learning rate per policy step, if scheduled so
         self.weight_group: WeightGroup | None = None  # pipeline.weight_sync=broadcast: rank 0 hosts it
         self.manifest: Manifest | None = None
         self.model_path, self.lr = model_path, lr
@@ -111,6 +113,9 @@ class Learner:
     def step(self, loss: torch.Tensor, optimizer=None, module=None) -> float:
         """One clipped step of ``optimizer`` on ``module`` (default: the policy's); the gradient norm."""
         optimizer, module = optimizer or self.optimizer, module or self.module
+        if optimizer is self.optimizer and self.step_lrs:  # this update's schedule, step by step
+            for group in optimizer.param_groups:
+                group["lr"] = self.step_lrs[min(self.policy_steps, len(self.step_lrs) - 1)]
         value = self._over_ranks(loss)  # (before backward: the ranks stop together or not at all)
         if not math.isfinite(value):
             raise NonFiniteError(f"the loss is {value}")
@@ -122,6 +127,7 @@ class Learner:
             raise NonFiniteError(f"the gradient norm is {norm}")
         optimizer.step()
         self.steps_taken += 1
+        self.policy_steps += optimizer is self.optimizer
         return norm
 
     def _over_ranks(self, value: torch.Tensor) -> float:
@@ -153,21 +159,28 @@ class Learner:
 
     # --- the role's methods ----------------------------------------------------------------
     def train(self, batch: TrainBatch, *, algorithm: str, eta: float, tau: float = 0.0, link: str = "logistic",
-              epochs: int = 1, minibatches: int = 1, lr: float | None = None, kl_coef: float = 0.0) -> dict:
+              epochs: int = 1, minibatches: int = 1, lr: float | list[float] | None = None, kl_coef: float = 0.0,
+              reset_optimizer: bool = False, options: dict | None = None) -> dict:
         """One update of ``algorithm`` on this worker's shard (its ``update`` hook: by default
         ``epochs`` passes in ``minibatches`` optimizer steps each); ``lr`` (the driver's schedule)
-        sets this update's learning rate. Returns the hook's metrics, the new version and the time."""
+        sets this update's learning rate, or each of its policy steps' when a list;
+        ``reset_optimizer`` starts the policy's AdamW afresh (a new training stage); ``options``
+        are the hook's own keywords (``Algorithm.update_options``). Returns the hook's metrics,
+        the new version and the time."""
         start = time.perf_counter()
-        if lr is not None:  # models trained beside the policy keep their own rate
+        self.step_lrs = list(lr) if isinstance(lr, (list, tuple)) else []
+        if lr is not None and not self.step_lrs:  # models trained beside the policy keep their own rate
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
+        if reset_optimizer:
+            self.optimizer.state.clear()  # moments and step counts: the next step is a first step
         algo = get_algorithm(algorithm)
         if kl_coef and "kl_coef" not in algo.accepts:
             raise ValueError(f"{algorithm} has no KL penalty (kl_coef)")
-        self.steps_taken = 0
+        self.steps_taken = self.policy_steps = 0
         try:
             out = algo.update(self, batch.to(self.device), loss=algo.loss, eta=eta, tau=tau, link=link, kl_coef=kl_coef,
-                              epochs=epochs, minibatches=minibatches)
+                              epochs=epochs, minibatches=minibatches, **(options or {}))
             weights = (q.to_local() if isinstance(q, DTensor) else q for q in self.module.parameters())
             if self._over_ranks(sum((~torch.isfinite(q)).sum() for q in weights)):  # before they are published
                 raise NonFiniteError("the weights are not finite")

@@ -192,6 +192,19 @@ class AlgoConfig:
     """Passes over each iteration's batch."""
     minibatches: int = 2
     """Optimizer steps per pass."""
+    temperature: float = 1.0
+    """spin/irft: the temperature π_t draws its own answers at (0: greedy, as the authors' scripts
+    decode); the contrast's reference is π_t's log-probability of that answer either way."""
+    round_reset: bool = False
+    """Demonstration methods (sft, spin, irft, rft): each round — ``round_iterations`` iterations
+    for irft, one iteration otherwise — is a training stage of its own, as the authors run each
+    stage: a fresh AdamW state, and the schedule (``lr_schedule``) runs within the round, optimizer
+    step by optimizer step, after a linear warm-up over its first ``round_warmup`` share."""
+    round_warmup: float = 0.1
+    """With ``round_reset``: the share of a round's optimizer steps spent warming up."""
+    reward_model: Optional[str] = None
+    """rft: the reward model to start from (e.g. a ``job: train_judge`` judge of kind reward_model
+    on the policy's tokenizer); default: the starting policy's body with a fresh scalar head."""
 
     def __post_init__(self):
         if self.name not in algorithm_names():
@@ -231,16 +244,38 @@ class AlgoConfig:
             raise ConfigError("warmup", f"must be ≥ 0, got {self.warmup}")
         if not self.lr > 0 or self.epochs < 1 or self.minibatches < 1:
             raise ConfigError("lr", "lr > 0, epochs ≥ 1 and minibatches ≥ 1 are required")
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
+            raise ConfigError("temperature", f"must be ≥ 0 (0: greedy), got {self.temperature}")
+        for key, default in (("temperature", 1.0), ("round_reset", False), ("reward_model", None)):
+            if getattr(self, key) != default and key not in accepts:
+                raise ConfigError(key, f"is implemented for {', '.join(implementing(key))}, not {self.name!r}")
+        if not 0 <= self.round_warmup < 1:
+            raise ConfigError("round_warmup", f"must be in [0, 1), got {self.round_warmup}")
+        if self.round_reset and self.warmup:
+            raise ConfigError("warmup", "with round_reset each round warms up over its round_warmup share; "
+                              "set warmup=0")
 
     def lr_at(self, iteration: int, iterations: int) -> float:
         """The learning rate of the update of ``iteration`` (0-based) in a run of ``iterations``:
         linear warm-up over ``warmup`` iterations (the first step at lr/warmup), then the schedule,
         which reaches zero one iteration past the last (so the last update still moves)."""
-        if iteration < self.warmup:
-            return self.lr * (iteration + 1) / self.warmup
+        return self._schedule(iteration, iterations, self.warmup)
+
+    def round_lrs(self, position: int) -> list[float]:
+        """With ``round_reset``: the learning rate of each optimizer step of the update at
+        ``position`` (0-based) in its round of ``round_iterations`` updates, the schedule running
+        over the round's steps after a warm-up over ``round_warmup`` of them."""
+        per = self.epochs * self.minibatches
+        steps = per * self.round_iterations
+        warm = round(self.round_warmup * steps)
+        return [self._schedule(position * per + j, steps, warm) for j in range(per)]
+
+    def _schedule(self, step: int, steps: int, warmup: int) -> float:
+        if step < warmup:
+            return self.lr * (step + 1) / warmup
         if self.lr_schedule == "constant":
             return self.lr
-        progress = (iteration - self.warmup) / max(iterations - self.warmup, 1)
+        progress = (step - warmup) / max(steps - warmup, 1)
         if self.lr_schedule == "linear":
             return self.lr * (1 - progress)
         return self.lr * 0.5 * (1 + math.cos(math.pi * progress))

@@ -33,13 +33,15 @@ class GenerationRequest:
     ``episodes`` are conversations to play, ``k`` answers per visited state, in ``mode`` ``tree``
     (K answers branch at every turn), ``paths`` (K whole conversations) or ``branches`` (a tree whose
     every answer is also continued to the end); ``demonstrations`` are (id, state, answer) triples,
-    each scored by the sampling policy and answered ``k`` times at its state. Either may be empty.
+    each scored by the sampling policy and answered ``k`` times at its state, at ``temperature``
+    (0: greedy). Either may be empty.
     """
 
     k: int
     episodes: tuple = ()  # games.conversation.Episode
     mode: str = "tree"
     demonstrations: tuple = ()  # (id, chat messages ending with the user turn, demonstrated answer)
+    temperature: float = 1.0  # of the answers to demonstrations (self-play samples at 1)
 
     def split(self, n: int) -> list["GenerationRequest"]:
         """Every n-th episode and demonstration, for each of ``n`` generators."""

@@ -15,8 +15,9 @@ from framework.records import Sample
 
 
 class GenerationBackend(Protocol):
-    def generate(self, prompts: list[list[int]], *, k: int, seed: int) -> list[list[Sample]]:
-        """K samples from the full distribution (temperature 1, no top-k/top-p) per prompt."""
+    def generate(self, prompts: list[list[int]], *, k: int, seed: int, temperature: float = 1.0) -> list[list[Sample]]:
+        """K samples per prompt from the full distribution (no top-k/top-p) at ``temperature``
+        (0: greedy, the argmax at every token); the log-probs are π's own (temperature 1)."""
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Replace the policy weights (same architecture)."""

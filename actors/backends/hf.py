@@ -9,6 +9,13 @@ from framework.losses import token_logprobs
 from framework.records import Sample
 
 
+def sampling(temperature: float) -> dict:
+    """``generate``'s sampling arguments: the full distribution at ``temperature``, or greedy at 0."""
+    if temperature == 0:
+        return {"do_sample": False}
+    return {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+
+
 class HFBackend:
     """Samples with ``model.generate`` and reports each sampled token's log-probability."""
 
@@ -33,7 +40,7 @@ class HFBackend:
         return [logp[i, len(p):len(p) + len(r)].tolist() for i, (p, r) in enumerate(zip(prompts, responses))]
 
     @torch.no_grad()
-    def generate(self, prompts: list[list[int]], *, k: int, seed: int) -> list[list[Sample]]:
+    def generate(self, prompts: list[list[int]], *, k: int, seed: int, temperature: float = 1.0) -> list[list[Sample]]:
         tok = self.tokenizer
         rows = [p for p in prompts for _ in range(k)]
         width = max(len(p) for p in rows)
@@ -45,11 +52,11 @@ class HFBackend:
         input_ids, attention = input_ids.to(self.model.device), attention.to(self.model.device)
         torch.manual_seed(seed)
         out = self.model.generate(
-            input_ids=input_ids, attention_mask=attention, do_sample=True, temperature=1.0,
-            top_k=0, top_p=1.0, max_new_tokens=self.max_new_tokens, pad_token_id=tok.pad_token_id,
+            input_ids=input_ids, attention_mask=attention, **sampling(temperature), max_new_tokens=self.max_new_tokens, pad_token_id=tok.pad_token_id,
             eos_token_id=tok.eos_token_id, output_logits=True, return_dict_in_generate=True,
         )
         new = out.sequences[:, width:]  # (N, R)
+        # (the raw logits: log π at temperature 1, whatever the sampling temperature)
         logp = torch.log_softmax(torch.stack(out.logits, dim=1).float(), dim=-1)  # (N, R, V)
         picked = logp.gather(-1, new[:, :, None]).squeeze(-1)
         samples = []

@@ -94,9 +94,8 @@ class VLLMBackend:
         self.llm.collective_rpc("load_safetensors", args=(blob,))
         self.llm.reset_prefix_cache()
 
-    def generate(self, prompts: list[list[int]], *, k: int, seed: int,
-                 greedy: bool = False) -> list[list[Sample]]:
-        """K samples per prompt; ``greedy=True`` takes the argmax instead (for checks against HF).
+    def generate(self, prompts: list[list[int]], *, k: int, seed: int, temperature: float = 1.0) -> list[list[Sample]]:
+        """K samples per prompt at ``temperature`` (0: greedy, the argmax); log-probs at temperature 1.
 
         Row i of the flattened (prompt, sample) list draws from its own generator seeded by
         (seed, i): the result does not depend on how the engine batches or schedules requests.
@@ -107,7 +106,7 @@ class VLLMBackend:
         tok = self.tokenizer
         rows = [p for p in prompts for _ in range(k)]
         params = [
-            SamplingParams(temperature=0.0 if greedy else 1.0, top_k=0, top_p=1.0, min_p=0.0,
+            SamplingParams(temperature=temperature, top_k=0, top_p=1.0, min_p=0.0,
                            max_tokens=self.max_new_tokens, logprobs=0, stop_token_ids=[tok.eos_token_id],
                            seed=(seed * 1_000_003 + i) % 2**63, detokenize=False)
             for i in range(len(rows))

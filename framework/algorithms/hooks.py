@@ -162,7 +162,9 @@ class Algorithm:
     update: Callable[..., dict] = regress  # (trainer, batch, *, loss, eta, tau, link, kl_coef, epochs, minibatches)
     memory: type = Stateless  # made once per run, restored from checkpoints with ``load``
     options: tuple[str, ...] = ()  # further ``algo.*`` settings build_batch takes as keywords
-    # method-specific ``algo.*`` settings it implements, of "q", "kl_coef", "round_iterations":
+    update_options: tuple[str, ...] = ()  # further ``algo.*`` settings the update hook takes as keywords
+    # method-specific ``algo.*`` settings it implements, of "q", "kl_coef", "round_iterations",
+    # "temperature", "round_reset", "reward_model":
     # others must keep their defaults (the config refuses them, naming the methods that have them)
     accepts: tuple[str, ...] = ()
     single_learner: bool = False  # the update is not data-parallel (pipeline.learners must be 1)

@@ -37,17 +37,19 @@ def demonstration_and_answers(rollouts: list[Rollout], comparisons: list[Compari
     return demonstration_rows(rollouts, None, pad_id)
 
 
-def reward_model(trainer: Trainer) -> tuple:
-    """The reward model, from the starting policy, and its AdamW (the learner's learning rate)."""
-    rm = load_reward_model(trainer.model_path, pad_token_id=trainer.tokenizer.pad_token_id).to(trainer.device)
+def build_reward_model(trainer: Trainer, path: str | None = None) -> tuple:
+    """The reward model — from ``path`` (``algo.reward_model``: e.g. one pre-trained by ``job:
+    train_judge``), else the starting policy's body with a fresh head — and its AdamW (the
+    learner's learning rate)."""
+    rm = load_reward_model(path or trainer.model_path, pad_token_id=trainer.tokenizer.pad_token_id).to(trainer.device)
     return rm.train(), torch.optim.AdamW(rm.parameters(), lr=trainer.lr)
 
 
 def update(trainer: Trainer, batch: TrainBatch, *, loss, eta: float, tau: float, link: str, kl_coef: float,
-           epochs: int, minibatches: int) -> dict:
+           epochs: int, minibatches: int, reward_model: str | None = None) -> dict:
     """(1) Bradley–Terry steps of the reward model on (demonstration, own answer) pairs; (2) RLOO
     on the policy's own answers with the KL-shaped reward."""
-    rm, rm_optimizer = trainer.auxiliary(REWARD_MODEL, lambda: reward_model(trainer))
+    rm, rm_optimizer = trainer.auxiliary(REWARD_MODEL, lambda: build_reward_model(trainer, reward_model))
     rm_losses = []
     for _ in range(epochs):
         for mb in batch.shard(minibatches):
@@ -73,4 +75,5 @@ def update(trainer: Trainer, batch: TrainBatch, *, loss, eta: float, tau: float,
             "reward_loss": sum(rm_losses) / len(rm_losses), "reward_mean": float(reward.mean())}
 
 
-RFT = Algorithm(name="rft", build_batch=demonstration_and_answers, plan=plan, update=update, single_learner=True)
+RFT = Algorithm(name="rft", build_batch=demonstration_and_answers, plan=plan, update=update, single_learner=True,
+                accepts=("round_reset", "reward_model"), update_options=("reward_model",))

@@ -30,4 +30,4 @@ def likelihood(*, batch: TrainBatch, logp, eta: float, tau: float = 0.0, link: s
     return -batch.per_example(logp)[0]
 
 
-SFT = Algorithm(name="sft", build_batch=demonstrated, loss=likelihood, plan=plan)
+SFT = Algorithm(name="sft", build_batch=demonstrated, loss=likelihood, plan=plan, accepts=("round_reset",))

@@ -40,6 +40,7 @@ class Demonstrations:
     own: int  # π_t's answers per demonstration
     rounds: int = 0
     round_iterations: int = 1
+    temperature: float = 1.0  # of π_t's own answers (0: greedy)
 
     def span(self, iteration: int) -> tuple[int, int]:
         """[lo, hi): the demonstrations of ``iteration``."""
@@ -52,7 +53,7 @@ class Demonstrations:
 
     def request(self, iteration: int) -> GenerationRequest:
         lo, hi = self.span(iteration)
-        return GenerationRequest(k=self.own, demonstrations=tuple(
+        return GenerationRequest(k=self.own, temperature=self.temperature, demonstrations=tuple(
             (f"demo-{i}", self.demos[i].messages, self.demos[i].response) for i in range(lo, hi)))
 
     def pairs(self, rollouts: list[Rollout]) -> list[Pair]:
@@ -77,7 +78,7 @@ def rounds_of(settings, iterations: int) -> int:
 
 def every_demonstration(settings, source: Source) -> Demonstrations:
     """SPIN: every demonstration every iteration, one own answer each."""
-    return Demonstrations(source.demonstrations(), own=1)
+    return Demonstrations(source.demonstrations(), own=1, temperature=settings.temperature)
 
 
 def irft_rounds(settings, source: Source) -> Demonstrations:
@@ -87,7 +88,8 @@ def irft_rounds(settings, source: Source) -> Demonstrations:
     if len(demos) < parts:
         raise InputError(f"{len(demos)} demonstrations cannot fill {parts} parts of IRFT rounds: add "
                          f"demonstrations (demos.count) or set algo.rounds")
-    return Demonstrations(demos, own=1, rounds=T, round_iterations=settings.round_iterations)
+    return Demonstrations(demos, own=1, rounds=T, round_iterations=settings.round_iterations,
+                          temperature=settings.temperature)
 
 
 def demonstration_rows(rollouts: list[Rollout], own: int | None, pad_id: int) -> TrainBatch:
@@ -117,6 +119,7 @@ def contrast(*, batch: TrainBatch, logp, eta: float, tau: float = 0.0, link: str
                      beta=1.0 / eta, link=link)
 
 
-SPIN = Algorithm(name="spin", build_batch=contrast_pairs, loss=contrast, plan=every_demonstration)
+SPIN = Algorithm(name="spin", build_batch=contrast_pairs, loss=contrast, plan=every_demonstration,
+                 accepts=("temperature", "round_reset"))
 IRFT = Algorithm(name="irft", build_batch=contrast_pairs, loss=contrast, plan=irft_rounds,
-                 accepts=("round_iterations",))
+                 accepts=("round_iterations", "temperature", "round_reset"))

@@ -41,6 +41,7 @@ from framework.jobs import evaluate as held_out
 from framework.jobs.rundir import (append_metrics, preflight as check_run_dir, read_summary, timed, truncate,
                                    write_checkpoint, write_summary)
 from framework.jobs.warmstart import prepare_policy
+from framework.models import check_model_path
 from framework.records import Comparison, Pair, Rollout, TrainBatch, Verdicts, write_parquet
 from games.demonstrations import demonstrations
 from games.judges import build_judge, judge_modules
@@ -57,6 +58,8 @@ def preflight(cfg: Config, run_dir: Path) -> None:
     check_run_dir(cfg, run_dir, experiment_keys=EXPERIMENT_KEYS)
     task = get_task(**dataclasses.asdict(cfg.task))
     build_judge(cfg.judge.kind, task=task, target=cfg.judge.target, settings=cfg.judge.settings())
+    if cfg.algo.reward_model:
+        check_model_path(cfg.algo.reward_model, "algo.reward_model")
     check_local_fit(cfg.pipeline, lambda gpus: placement(cfg, gpus))
 
 
@@ -245,17 +248,23 @@ def unjudged(pairs: list[Pair], verdicts: Verdicts) -> set[str]:
     return {p.conversation_id for p, prob in zip(pairs, verdicts.probabilities) if prob is None}
 
 
-def update(roles: Roles, batch: TrainBatch, settings: AlgoConfig, lr: float) -> dict:
-    """One update on every learner, each on its shard; the learners' metrics averaged."""
+def update(roles: Roles, batch: TrainBatch, settings: AlgoConfig, t: int, iterations: int) -> dict:
+    """Iteration t's update on every learner, each on its shard; the learners' metrics averaged.
+    With ``algo.round_reset`` a round's first update starts the optimizer afresh and each step
+    takes its place in the round's schedule."""
+    staged = settings.round_reset
+    position = t % settings.round_iterations
+    lr = settings.round_lrs(position) if staged else settings.lr_at(t, iterations)
+    options = {name: getattr(settings, name) for name in get_algorithm(settings.name).update_options}
     results = roles.cluster.get([
         learner.call(Learner.train, shard, algorithm=settings.name, eta=settings.eta, tau=settings.tau,
                      link=settings.link, epochs=settings.epochs, minibatches=settings.minibatches, lr=lr,
-                     kl_coef=settings.kl_coef)
+                     kl_coef=settings.kl_coef, reset_optimizer=staged and position == 0, options=options)
         for learner, shard in zip(roles.learners, batch.shard(len(roles.learners)))
     ])
     skip = ("examples", "version", "train_seconds")
     out = {k: float(np.mean([r[k] for r in results])) for k in results[0] if k not in skip}
-    return {**out, "examples": sum(r["examples"] for r in results), "lr": lr}
+    return {**out, "examples": sum(r["examples"] for r in results), "lr": lr[0] if staged else lr}
 
 
 def sync_weights(roles: Roles, version: int, wait: bool) -> tuple:
@@ -419,7 +428,7 @@ def selfplay(cfg: Config, run_dir: Path, task: Task, policy_path: str, cluster, 
                 batch = algo.build_batch(judged, kept, keep=cfg.algo.keep, pad_id=roles.pad_id, **options)
                 m.update(state.memory.observe(judged, kept))
             with timed(m, "update"):
-                m.update(update(roles, batch, cfg.algo, cfg.algo.lr_at(t, cfg.train.iterations)))
+                m.update(update(roles, batch, cfg.algo, t, cfg.train.iterations))
                 state.version += 1
             with timed(m, "sync_weights"):
                 if plan.publishes(t):

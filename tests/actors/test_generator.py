@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from actors.generator import RolloutGenerator
@@ -62,3 +63,24 @@ def test_a_bfloat16_generator_samples_with_its_weights_in_bfloat16(tiny_policy, 
     rollouts = gen.rollout(task.episodes("train", 3, seed=1), k=2, iteration=0, seed=4)
     assert len(rollouts) == 3 * task.turns * 2 and all(len(r.response_logprobs) == len(r.response_ids) for r in rollouts)
     assert all(lp <= 0 for r in rollouts for lp in r.response_logprobs)
+
+
+def test_greedy_answers_are_the_argmax_with_their_own_logprobs(tiny_policy, task):
+    """Temperature 0: every seed gives the same answer, each token the argmax, and the log-probs
+    reported are π's own (temperature 1), as teacher forcing scores that answer."""
+    gen = RolloutGenerator(model_path=tiny_policy, max_new_tokens=6)
+    states = task.heldout_states(4, seed=0)
+    a, b = (gen.sample(states, k=2, seed=s, temperature=0.0) for s in (1, 2))
+    assert [[x.text for x in g] for g in a] == [[x.text for x in g] for g in b]
+    assert all(g[0].token_ids == g[1].token_ids for g in a)
+    scored = gen.score(states, [g[0].text for g in a])
+    assert [sum(g[0].logprobs) for g in a] == [pytest.approx(s, abs=1e-4) for s in scored]
+    # each greedy token is the argmax: no sampled answer is more likely at any one step
+    prompt = gen.encode(states[0])
+    with torch.no_grad():
+        logits = gen.backend.model(input_ids=torch.tensor([prompt + a[0][0].token_ids])).logits[0]
+    steps = logits[len(prompt) - 1:len(prompt) - 1 + len(a[0][0].token_ids)]
+    assert steps.argmax(-1).tolist() == a[0][0].token_ids
+    # a demonstration method's own answers at temperature 0 are these
+    own = gen.respond([("d", states[0], "1!")], k=1, iteration=0, seed=5, temperature=0.0)
+    assert own[1].response_ids == a[0][0].token_ids

@@ -55,6 +55,20 @@ def test_a_kl_penalty_regresses_onto_the_magnetic_target_and_reports_the_kl(tiny
         learner.train(batch, algorithm="dpo", eta=2.0, kl_coef=0.1)
 
 
+def test_a_stage_starts_a_fresh_optimizer_and_takes_one_learning_rate_per_step(tiny_policy, task):
+    """``reset_optimizer`` makes the next step a first step (AdamW's step count restarts), and a
+    list of learning rates gives each policy step its own: the last one stays set."""
+    learner = Learner(model_path=tiny_policy, lr=3e-3)
+    batch = _batch(task, learner)
+    learner.train(batch, algorithm="mpo", eta=2.0, minibatches=2, lr=[1e-3, 2e-3])
+    steps = lambda: {float(v["step"]) for v in learner.optimizer.state.values()}  # noqa: E731
+    assert steps() == {2.0} and learner.optimizer.param_groups[0]["lr"] == 2e-3
+    learner.train(batch, algorithm="mpo", eta=2.0, minibatches=4, lr=[1e-4, 2e-4, 3e-4])  # short list: last repeats
+    assert steps() == {6.0} and learner.optimizer.param_groups[0]["lr"] == 3e-4
+    learner.train(batch, algorithm="mpo", eta=2.0, minibatches=1, lr=5e-4, reset_optimizer=True)
+    assert steps() == {1.0} and learner.optimizer.param_groups[0]["lr"] == 5e-4
+
+
 def test_checkpoint_round_trip_restores_weights_and_optimizer(tiny_policy, task, tmp_path):
     a = Learner(model_path=tiny_policy)
     batch = _batch(task, a)

@@ -110,3 +110,29 @@ def test_resume_refuses_a_different_experiment_but_allows_more_iterations():
     assert experiment_changes(saved, load_config(None, ["train.iterations=500", "judge.retries=5",
                                                         "pipeline.mode=sync", "resume=true"]), EXPERIMENT_KEYS) == []
     assert experiment_changes(saved, load_config(None, ["algo.eta=2", "seed=3"]), EXPERIMENT_KEYS) == ["seed", "algo.eta"]
+
+
+def test_a_round_runs_its_own_schedule_step_by_step():
+    """Two iterations of five steps per round, 10% warm-up (one step), linear decay to zero at the
+    round's end: step s > 0 of the round has lr (1 − (s − 1)/9)."""
+    algo = load_config(None, ["algo.name=irft", "algo.lr=1.0", "algo.minibatches=5", "algo.round_iterations=2",
+                              "algo.round_reset=true", "algo.lr_schedule=linear"]).algo
+    want = [1.0] + [1 - (s - 1) / 9 for s in range(1, 10)]
+    assert algo.round_lrs(0) + algo.round_lrs(1) == pytest.approx(want)
+    constant = load_config(None, ["algo.name=sft", "algo.lr=0.5", "algo.minibatches=4", "algo.round_reset=true",
+                                  "algo.round_warmup=0.5"]).algo
+    assert constant.round_lrs(0) == pytest.approx([0.25, 0.5, 0.5, 0.5])
+
+
+@pytest.mark.parametrize("override, key", [
+    (["algo.name=mpo", "algo.temperature=0"], "algo.temperature"),
+    (["algo.name=rft", "algo.temperature=0"], "algo.temperature"),
+    (["algo.name=irft", "algo.temperature=-1"], "algo.temperature"),
+    (["algo.name=mpo", "algo.round_reset=true"], "algo.round_reset"),
+    (["algo.name=irft", "algo.round_reset=true", "algo.warmup=2"], "algo.warmup"),
+    (["algo.name=irft", "algo.round_warmup=1"], "algo.round_warmup"),
+    (["algo.name=spin", "algo.reward_model=/x"], "algo.reward_model"),
+])
+def test_demonstration_settings_are_refused_where_they_mean_nothing(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, override)

@@ -34,7 +34,7 @@ def hf_logprobs(model, prompt, response):
 
 
 def greedy(backend, prompts):
-    return [group[0].token_ids for group in backend.generate(prompts, k=1, seed=0, greedy=True)]
+    return [group[0].token_ids for group in backend.generate(prompts, k=1, seed=0, temperature=0.0)]
 
 
 def tokens(groups):
@@ -44,7 +44,7 @@ def tokens(groups):
 def test_greedy_tokens_and_text_equal_transformers_generate(vllm_backend, hf_policy, task):
     model, tok = hf_policy
     prompts = encode(tok, task.heldout_states(6, seed=0))  # first and later turns of 6 conversations
-    got = vllm_backend.generate(prompts, k=1, seed=0, greedy=True)
+    got = vllm_backend.generate(prompts, k=1, seed=0, temperature=0.0)
     want = [hf_greedy(model, tok, p) for p in prompts]
     assert [g[0].token_ids for g in got] == want
     assert [g[0].text for g in got] == [tok.decode(w, skip_special_tokens=True) for w in want]
