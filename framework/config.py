@@ -120,12 +120,35 @@ class WarmStartConfig:
     """AdamW learning rate."""
     demonstrations: int = 4000
     """Demonstration conversations generated for SFT."""
+    until: str = "steps"
+    """``steps``: train for ``steps``; ``plateau``: hold out a tenth of the demonstrations and stop
+    once their NLL has not fallen by ``min_delta`` for ``patience`` checks (every ``eval_every``
+    steps), keeping the best weights (``steps`` is then the cap) — a converged SFT model."""
+    eval_every: int = 100
+    """With ``until=plateau``: steps between held-out NLL checks."""
+    patience: int = 3
+    """With ``until=plateau``: checks without an improvement before stopping."""
+    min_delta: float = 0.002
+    """With ``until=plateau``: the mean NLL per answer (nats) a check must improve by."""
 
     def __post_init__(self):
         if self.steps < 0 or self.batch_size < 1 or self.demonstrations < 1:
             raise ConfigError("steps", "steps ≥ 0, batch_size ≥ 1 and demonstrations ≥ 1 are required")
         if not self.lr > 0:
             raise ConfigError("lr", f"must be > 0, got {self.lr}")
+        if self.until not in ("steps", "plateau"):
+            raise ConfigError("until", f"must be 'steps' or 'plateau', got {self.until!r}")
+        if self.eval_every < 1 or self.patience < 1 or not self.min_delta >= 0:
+            raise ConfigError("eval_every", "eval_every ≥ 1, patience ≥ 1 and min_delta ≥ 0 are required")
+        if self.until == "plateau" and self.demonstrations < 10:
+            raise ConfigError("demonstrations", "until=plateau holds out a tenth: at least 10 are needed")
+
+    def cache_key(self) -> dict:
+        """What determines the warm start (the plateau's settings only when it stops on one)."""
+        every = dataclasses.asdict(self)
+        if self.until == "steps":
+            return {k: every[k] for k in ("steps", "batch_size", "lr", "demonstrations")}
+        return every
 
 
 @dataclass(frozen=True)
@@ -170,7 +193,8 @@ class AlgoConfig:
     baseline (H − h + 1)/2) or ``terminal`` (the win rate at the conversation's last turn only)."""
     rounds: int = 0
     """irft: T, the number of slices of the demonstrations; round r trains on slice r mod T
-    (0: as many rounds as fit in train.iterations)."""
+    (0: as many rounds as fit in train.iterations). rft: the same slices when > 0 (0: every
+    demonstration every iteration)."""
     round_iterations: int = 1
     """irft: pipeline iterations per round. Within a round the generators keep the round's
     starting policy (it draws the answers and is the contrast's reference) while the learner
@@ -763,6 +787,12 @@ class CompareConfig:
     variants: dict[str, Any] = field(default_factory=dict)
     """``compare_irl``: data variants, name → list of ``key=value`` overrides (e.g. corrupted
     demonstrations); methods are reported as ``<method>@<variant>``."""
+    lr_grid: tuple[float, ...] = ()
+    """``compare_irl``: one learning-rate grid for every method; each method's ``algo.lr`` is the
+    grid's best by greedy correctness on validation states (held-out states other than the test
+    ones), chosen on the first variant and seed and used for all. Empty: ``algo.lr`` as given."""
+    validation_conversations: int = 100
+    """``compare_irl``: held-out conversations of the validation states that choose the lr."""
 
     def __post_init__(self):
         known = ["sft", *algorithm_names(), *DP_METHODS]
@@ -779,6 +809,10 @@ class CompareConfig:
         for v, over in self.variants.items():
             if not isinstance(over, (list, tuple)) or not all(isinstance(o, str) and "=" in o for o in over):
                 raise ConfigError(f"variants.{v}", f"expected a list of 'key=value' strings, got {over!r}")
+        if not all(isinstance(lr, (int, float)) and lr > 0 for lr in self.lr_grid):
+            raise ConfigError("lr_grid", f"expected learning rates > 0, got {list(self.lr_grid)}")
+        if self.validation_conversations < 1:
+            raise ConfigError("validation_conversations", f"must be ≥ 1, got {self.validation_conversations}")
 
 
 @dataclass(frozen=True)

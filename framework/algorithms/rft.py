@@ -19,6 +19,7 @@ import torch
 
 from framework.algorithms.hooks import Algorithm, Source, Trainer
 from framework.algorithms.spin import Demonstrations, demonstration_rows
+from framework.errors import InputError
 from framework.losses import bt_reward_loss, rloo_loss
 from framework.models import load_reward_model
 from framework.records import Comparison, Rollout, TrainBatch
@@ -27,8 +28,16 @@ REWARD_MODEL = "reward_model"  # its directory in checkpoints
 
 
 def plan(settings, source: Source) -> Demonstrations:
-    """Every demonstration every iteration, with K = ``algo.k`` own answers each."""
-    return Demonstrations(source.demonstrations(), own=settings.k)
+    """K = ``algo.k`` own answers at each demonstration's state: every demonstration every
+    iteration, or with ``algo.rounds`` T > 0 iteration t on slice t mod T (IRFT's rounds, so both
+    see each demonstration equally often)."""
+    demos = source.demonstrations()
+    if settings.rounds:
+        if len(demos) < settings.rounds:
+            raise InputError(f"{len(demos)} demonstrations cannot fill algo.rounds={settings.rounds} slices: add "
+                             f"demonstrations (demos.count) or lower algo.rounds")
+        return Demonstrations(demos, own=settings.k, rounds=settings.rounds)
+    return Demonstrations(demos, own=settings.k)
 
 
 def demonstration_and_answers(rollouts: list[Rollout], comparisons: list[Comparison], *, keep: str = "all",

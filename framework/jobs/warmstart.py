@@ -13,6 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from actors.learner import Learner
@@ -39,7 +40,7 @@ def prepare_policy(cfg: Config, task: Task, *, progress: bool = True) -> str:
     w = cfg.warm_start
     if w.steps == 0:
         return base
-    what = [base, asdict(cfg.task), asdict(w), cfg.seed, "v1"]
+    what = [base, asdict(cfg.task), w.cache_key(), cfg.seed, "v1"]
     if cfg.demos.path or cfg.demos.corruption:  # (default demonstrations keep their old cache entries)
         what.append([cfg.demos.path, cfg.demos.corruption])
     key = hashlib.sha256(json.dumps(what).encode()).hexdigest()[:16]
@@ -53,23 +54,65 @@ def prepare_policy(cfg: Config, task: Task, *, progress: bool = True) -> str:
     return str(out / "policy")
 
 
+def warm_start_record(policy: str | Path) -> dict:
+    """How a cached warm start was trained (``warm_start.json`` beside its policy): steps taken,
+    why it stopped and, with ``until=plateau``, the held-out NLL at each check; {} if unknown."""
+    path = Path(policy).parent / "warm_start.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def heldout_nll(learner: Learner, prompts: list, responses: list, *, batch_size: int = 256) -> float:
+    """Mean NLL per answer (summed over its tokens) of held-out demonstrations."""
+    total = 0.0
+    with torch.no_grad():
+        for i in range(0, len(prompts), batch_size):
+            batch = collate(prompts[i:i + batch_size], responses[i:i + batch_size], pad_id=learner.tokenizer.pad_token_id)
+            total -= float(learner.logp(batch).sum())
+    return total / len(prompts)
+
+
 def _sft(base: str, demos: list[Demonstration], w: WarmStartConfig, seed: int, out: Path, progress: bool) -> None:
     learner = Learner(model_path=base, lr=w.lr, threads=os.cpu_count() or 1, seed=seed)
     prompts, responses = sft_pairs(learner.tokenizer, demos)
+    plateau = w.until == "plateau"
+    if plateau:  # the last tenth is held out: it decides when SFT has converged
+        cut = len(prompts) - max(1, len(prompts) // 10)
+        held = (prompts[cut:], responses[cut:])
+        prompts, responses = prompts[:cut], responses[:cut]
     rng = np.random.default_rng([seed, 7])
     pad = learner.tokenizer.pad_token_id
+    record: dict = {"until": w.until, "steps": 0, "stopped": "steps", "heldout_nll": []}
+    best, best_state, waited = float("inf"), None, 0
     with tqdm(range(w.steps), desc="warm start (SFT)", disable=not progress, unit="step") as bar:
         for step in bar:
             idx = rng.choice(len(prompts), size=min(w.batch_size, len(prompts)), replace=False)
             loss = learner.sft_step(collate([prompts[i] for i in idx], [responses[i] for i in idx], pad_id=pad))
+            record["steps"] = step + 1
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{loss:.3f}")
+            if plateau and (step + 1) % w.eval_every == 0:
+                nll = heldout_nll(learner, *held)
+                record["heldout_nll"].append([step + 1, nll])
+                bar.set_postfix(loss=f"{loss:.3f}", heldout_nll=f"{nll:.4f}")
+                if nll < best - w.min_delta:
+                    best, waited = nll, 0
+                    best_state = {k: v.detach().clone() for k, v in learner.module.state_dict().items()}
+                    record["best_step"] = step + 1
+                else:
+                    waited += 1
+                    if waited >= w.patience:
+                        record["stopped"] = "plateau"
+                        break
+    if best_state is not None:  # the weights of the best check
+        learner.module.load_state_dict(best_state)
+        record["heldout_nll_best"] = best
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     learner.save(str(tmp))
     (tmp / "optimizer.json").unlink()  # the warm start is a policy, not a resumable run
     (tmp / "optimizer.safetensors").unlink()
+    (tmp / "warm_start.json").write_text(json.dumps(record, indent=1))
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
