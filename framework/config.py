@@ -1023,10 +1023,25 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
             merged = OmegaConf.merge(schema, *layers, OmegaConf.from_dotlist(
                 [f"{k}={v}" for k, v in QUICK.items()]), cli)
     except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None)
-        msg = getattr(e, "msg", None) or _first_line(e)
-        raise ConfigError(key or "", _first_line(Exception(msg))) from None
+        raise _merge_error(e, schema, list(overrides)) from None
     return _resolved(merged)
+
+
+def _merge_error(e: OmegaConfBaseException, schema, overrides: list[str]) -> ConfigError:
+    """The key and value a merge refused. OmegaConf names neither for a list element of the wrong
+    type ("Value '$VALUE' ..."): the override that holds it is found by merging each alone."""
+    key = getattr(e, "full_key", None)
+    msg = _first_line(Exception(getattr(e, "msg", None) or _first_line(e)))
+    if "$VALUE" in msg:
+        target = msg.rsplit(" to ", 1)[-1]
+        for item in overrides:
+            try:
+                OmegaConf.merge(schema, _parse_overrides([item]))
+            except OmegaConfBaseException:
+                name, value = item.split("=", 1)
+                return ConfigError(name.lstrip("+~"), f"{value} holds a value that is not a {target}")
+        return ConfigError(key or "", f"a list in the config file holds a value that is not a {target}")
+    return ConfigError(key or "", msg)
 
 
 def with_overrides(cfg: Config, overrides: list[str]) -> Config:

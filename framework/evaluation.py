@@ -42,5 +42,5 @@ def answer_kinds(task, states: list, responses: list[list[str]]) -> dict[str, fl
     correct = sum(c for c, name in zip(counts, task.class_names) if name.startswith("correct")
                   and not name.endswith("none"))
     total = counts.sum()
-    return {"correct": correct / total, "wrong_number": (total - correct - malformed) / total,
-            "malformed": malformed / total}
+    return {"correct": float(correct / total), "wrong_number": float((total - correct - malformed) / total),
+            "malformed": float(malformed / total)}

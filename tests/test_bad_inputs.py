@@ -8,10 +8,10 @@ What the cases need once — a finished 12-iteration self-play run (its checkpoi
 are corrupted in copies) and a finished DP run — is built per module by the CLI itself. Each CLI
 start spends ~4 s importing torch, Ray and transformers, so the cases run two at a time.
 
-The catalogue, 82 cases, by category:
+The catalogue, 86 cases, by category:
 
-    config       22   values of the wrong type, out of range, unknown keys and names
-    files        21   config files, demonstrations, task files, model directories
+    config       25   values of the wrong type, out of range, unknown keys and names
+    files        22   config files, demonstrations, task files, model directories
     judges       16   a user's judge module (syntax, import, constructor), kwargs, kinds; model
                      paths, LLM endpoints, keys and templates; train_judge data (issue 16)
     checkpoints  11   corrupt or foreign checkpoints on resume, shortening a run
@@ -20,7 +20,7 @@ The catalogue, 82 cases, by category:
 
 Run on the code before the issue-15 fixes (the same cases), 39 were clear, 33 unclear (a
 traceback, a crash, more than one line, a wrong key named, or the run directory written first)
-and 2 accepted silently (resuming with fewer iterations or DP steps); now all 74 are clear; issue 16 added 8 judge cases.
+and 2 accepted silently (resuming with fewer iterations or DP steps); now all 74 are clear; issue 16 added 8 judge cases, issue 17 four.
 """
 
 from __future__ import annotations
@@ -139,6 +139,12 @@ CASES = [
     Case("unknown dp.accountant", "config", dp("dp.accountant=gdp"), "dp.accountant: must be 'rdp' or 'prv'"),
     Case("negative train.conversations", "config", sp("train.conversations=-1"), "train.conversations: must be ≥ 1"),
     Case("algo.k=1", "config", sp("algo.k=1"), "algo.k: must be ≥ 2"),
+    # issue 17: the demonstration methods' settings
+    Case("algo.temperature on mpo", "config", sp("algo.temperature=0"), "algo.temperature: is implemented for"),
+    Case("unknown warm_start.until", "config", sp("warm_start.until=forever"), "warm_start.until: must be 'steps'"),
+    Case("compare.lr_grid of words", "config", sp("compare.lr_grid=[fast]"), "compare.lr_grid: [fast] holds a value that is not a Float"),
+    Case("missing algo.reward_model", "files", sp("algo.name=rft", "algo.kl_coef=0", "algo.reward_model={t}/nope"),
+         "algo.reward_model: {t}/nope does not exist"),
     Case("model.tiny.heads=3", "config", sp("model.tiny.heads=3"), "model.tiny.hidden_size: hidden_size / heads"),
     Case("eval.samples=0", "config", sp("eval.samples=0"), "eval.samples: must be ≥ 1, got 0"),
     Case("task.path for running_sum", "config", sp("task.path={t}/d.jsonl"),

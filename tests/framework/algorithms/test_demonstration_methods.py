@@ -126,6 +126,16 @@ def test_rft_learns_a_reward_that_prefers_the_demonstrations(small_config, tiny_
     assert sum(p) / len(p) > 0.5
 
 
+def test_rft_with_rounds_takes_irfts_slices(small_config, tiny_policy, tmp_path):
+    cfg = small_config(*DEMOS, "train.iterations=2", "pipeline.ray=false", "algo.name=rft", "algo.rounds=2",
+                       "algo.k=2")
+    run_selfplay(cfg, tmp_path, progress=False)
+    table = pq.read_table(tmp_path / "rollouts").to_pylist()
+    ids = {it: {r["conversation_id"] for r in table if r["iteration"] == it} for it in (0, 1)}
+    assert len(ids[0]) == len(ids[1]) == 8 and not ids[0] & ids[1]  # 16 demonstrations, two halves
+    assert sum(r["sample"] >= 0 for r in table) == 16 * 2  # K = 2 own answers at each
+
+
 def test_resume_mid_round_continues_with_the_same_metrics(small_config, tiny_policy, tmp_path):
     """IRFT with rounds of two iterations, interrupted after iteration 3 (half-way through round 2):
     the checkpoint keeps the round's starting policy for the generators, so iteration 4 — answers

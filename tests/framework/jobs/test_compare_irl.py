@@ -13,7 +13,7 @@ def test_irl_comparison_writes_the_contract(small_config, tiny_policy, tmp_path)
     """Learning rates chosen from one grid on validation states (first variant and seed), used for
     every run; RFT's reward model trained and measured before its policy phase; the paired targets."""
     cfg = small_config("job=compare_irl", "demos.count=6", "pipeline.ray=false", "pipeline.mode=sync",
-                       "eval.every=1", "compare.methods=[sft,irft,rft]", "compare.seeds=[0,1]",
+                       "eval.every=1", "compare.methods=[sft,irft,rft]", "compare.seeds=[0]",
                        "compare.lr_grid=[0.001,0.003]", "compare.validation_conversations=4",
                        "train_judge.epochs=2", "algo.lr_schedule=linear",
                        "compare.variants={clean: [demos.corruption=0.0], corrupted: [demos.corruption=0.5]}",
@@ -38,12 +38,12 @@ def test_irl_comparison_writes_the_contract(small_config, tiny_policy, tmp_path)
         scores = chosen["validation_greedy_correctness"]
         assert set(scores) == {"0.001", "0.003"} and scores[f"{chosen['lr']:g}"] == max(scores.values())
         for variant in ("clean", "corrupted"):
-            for seed in (0, 1):
+            for seed in (0,):
                 text = (tmp_path / "runs" / f"{method}@{variant}-seed{seed}-lr{chosen['lr']:g}" / "config.yaml").read_text()
                 assert f"lr: {chosen['lr']}" in text
     # RFT's policy phase starts from the reward model trained on its own demonstrations
-    rft = (tmp_path / "runs" / f"rft@corrupted-seed1-lr{selection['rft']['lr']:g}" / "config.yaml").read_text()
-    assert "reward_models/corrupted-seed1/judge_run/judge" in rft
+    rft = (tmp_path / "runs" / f"rft@corrupted-seed0-lr{selection['rft']['lr']:g}" / "config.yaml").read_text()
+    assert "reward_models/corrupted-seed0/judge_run/judge" in rft
     # the corrupted variant really trained on other (partly wrong) demonstrations
     assert "corruption: 0.5" in (tmp_path / "runs" / f"sft@corrupted-seed0-lr{selection['sft']['lr']:g}" /
                                   "config.yaml").read_text()
@@ -55,6 +55,22 @@ def test_irl_comparison_writes_the_contract(small_config, tiny_policy, tmp_path)
                     for a, b in zip(seeds["irft@clean"], seeds["sft@clean"])])
     assert targets["irft_minus_sft_greedy_correctness@clean"]["mean"] == pytest.approx(want)
     assert "## Targets" in (tmp_path / "comparison.md").read_text()
+
+
+def test_the_targets_are_paired_over_seeds():
+    """Each target is a per-seed difference: IRFT − SFT, IRFT − SPIN, and SFT's clean → corrupted
+    drop minus IRFT's (≥ 0 when IRFT loses less)."""
+    from framework.jobs.compare_irl import paired_targets
+
+    rows = lambda *values: [{"greedy_correctness": v, "implicit_reward_acc": v} for v in values]  # noqa: E731
+    per_seed = {"sft@clean": rows(0.8, 0.7), "spin@clean": rows(0.5, 0.6), "irft@clean": rows(0.9, 0.7),
+                "sft@corrupted": rows(0.6, 0.4), "spin@corrupted": rows(0.4, 0.4), "irft@corrupted": rows(0.8, 0.6)}
+    t = paired_targets(per_seed, ["clean", "corrupted"])
+    assert t["irft_minus_sft_greedy_correctness@clean"]["mean"] == pytest.approx(0.05)  # (0.1 + 0) / 2
+    assert t["irft_minus_spin_greedy_correctness@clean"]["mean"] == pytest.approx(0.25)  # (0.4 + 0.1) / 2
+    # drops: SFT 0.2, 0.3; IRFT 0.1, 0.1 → differences 0.1, 0.2
+    assert t["sft_drop_minus_irft_drop_greedy_correctness"]["mean"] == pytest.approx(0.15)
+    assert t["sft_drop_minus_irft_drop_greedy_correctness"]["seeds"] == 2
 
 
 def test_paired_differences_have_a_t_interval():

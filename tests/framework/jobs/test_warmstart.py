@@ -1,0 +1,38 @@
+"""The warm start: a fixed number of SFT steps, or until the held-out NLL stops improving."""
+
+import json
+
+import pytest
+
+from actors.learner import Learner
+from framework.config import WarmStartConfig, load_config
+from framework.jobs.warmstart import heldout_nll, prepare_policy, sft_pairs, warm_start_record
+from games.demonstrations import demonstrations
+
+
+def test_a_plateau_stops_after_patience_checks_and_keeps_the_best_weights(cache_dir, task):
+    """With a min_delta no check can beat, the first check is the best and two more end the run:
+    30 steps, and the saved policy's held-out NLL is the first check's."""
+    cfg = load_config(None, [f"cache_dir={cache_dir}", "task.turns=2", "warm_start.until=plateau",
+                             "warm_start.steps=500", "warm_start.eval_every=10", "warm_start.patience=2",
+                             "warm_start.min_delta=100", "warm_start.demonstrations=40", "warm_start.batch_size=8"])
+    policy = prepare_policy(cfg, task, progress=False)
+    record = warm_start_record(policy)
+    assert record["stopped"] == "plateau" and record["steps"] == 30 and record["best_step"] == 10
+    assert [step for step, _ in record["heldout_nll"]] == [10, 20, 30]
+    assert record["heldout_nll_best"] == record["heldout_nll"][0][1]
+    # the held-out tenth: the last 8 of 80 demonstrations (40 conversations × 2 turns)
+    demos = demonstrations(task, path=None, count=40, corruption=0.0, seed=0)
+    learner = Learner(model_path=policy)
+    prompts, responses = sft_pairs(learner.tokenizer, demos[-8:])
+    assert heldout_nll(learner, prompts, responses) == pytest.approx(record["heldout_nll_best"], rel=1e-4)
+    assert policy != prepare_policy(load_config(None, [
+        f"cache_dir={cache_dir}", "task.turns=2", "warm_start.steps=30", "warm_start.demonstrations=40",
+        "warm_start.batch_size=8"]), task, progress=False)  # a fixed-step start is another cache entry
+
+
+def test_a_fixed_step_start_keeps_its_cache_key():
+    """The plateau's settings enter the cache key only when it stops on one: starts made before
+    them are found again."""
+    assert WarmStartConfig().cache_key() == {"steps": 800, "batch_size": 64, "lr": 3e-3, "demonstrations": 4000}
+    assert json.dumps(WarmStartConfig(until="plateau").cache_key()).count("patience") == 1
