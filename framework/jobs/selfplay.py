@@ -10,7 +10,8 @@ In ``sync`` mode each stage waits for the previous one. In ``async`` mode the ge
 next ``max_staleness`` iterations is already queued while the learner trains, so generators run
 ahead of the learner by at most ``max_staleness`` policy versions; samples older than that are
 dropped and counted. A plan's barrier (a demonstration method's round start) is never run ahead
-into: that iteration's generation starts from the latest published policy in either mode. Ray stays behind ``actors.remote`` (this module never imports it).
+into: that iteration's generation starts from the latest published policy in either mode. Ray
+stays behind ``actors.remote`` (this module never imports it).
 """
 
 from __future__ import annotations
