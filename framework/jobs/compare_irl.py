@@ -20,7 +20,9 @@ Metrics per run, then mean and std over seeds in ``comparison.json`` (keys ``<me
 the task's form), ``win_rate_vs_sft`` (judge win rate against the same variant's SFT policy, with
 ``win_rate_vs_sft_ci95``), ``implicit_reward_acc`` (share of held-out states where log π/π_start
 ranks the right answer above an answer of π_start), ``reward_model_acc`` (RFT: its reward model's
-held-out pair accuracy before the policy phase), ``start_correctness`` and ``wall_s``.
+held-out pair accuracy before the policy phase, and ``reward_model_ceiling``, the accuracy its
+pairs allow: a judge of correctness alone, ½ where both answers are right or both wrong — a right
+answer's style is the demonstrator's coin flip), ``start_correctness`` and ``wall_s``.
 ``targets.json`` holds the paired differences over seeds (mean, 95% t-interval) the targets name.
 """
 
@@ -48,7 +50,7 @@ from games.tasks import get_task
 #: the method every other is judged against: ``algo.name=sft`` trained on the same demonstrations
 BASELINE = "sft"
 METRICS = ("correctness", "greedy_correctness", "malformed_share", "wrong_number_share", "win_rate_vs_sft",
-           "implicit_reward_acc", "reward_model_acc", "start_correctness", "wall_s")
+           "implicit_reward_acc", "reward_model_acc", "reward_model_ceiling", "start_correctness", "wall_s")
 #: validation states are held-out states drawn with this offset to the seed (the test ones use +1..+3)
 VALIDATION_SEED = 10_000
 
@@ -123,6 +125,22 @@ def reward_model(cfg: Config, out: Path) -> dict:
     return run_or_reuse(judge_cfg, out / "judge_run", "compare_irl: RFT's reward model", train_judge.run)
 
 
+def preference_ceiling(cfg: Config, data: Path) -> float | None:
+    """The pair accuracy a judge can reach on ``data`` (rows ``{messages, chosen, rejected}``)
+    when correctness is all the preference carries: 1 where only the chosen answer is right, 0
+    where only the rejected one is, ½ otherwise; None for a task without answer classes."""
+    task = get_task(**dataclasses.asdict(cfg.task))
+    if not task.response_classes:
+        return None
+    right = [i for i, name in enumerate(task.class_names) if name.startswith("correct")]
+    scores = []
+    for line in data.read_text().splitlines():
+        row = json.loads(line)
+        a, b = (task.classify(row["messages"], row[k]) in right for k in ("chosen", "rejected"))
+        scores.append(0.5 if a == b else float(a))
+    return float(np.mean(scores)) if scores else None
+
+
 def one_run(cfg: Config, run_dir: Path, method: str, variant: str, seed: int, lr: float | None) -> tuple[Config, Path, dict]:
     """A method's run (its reward model first, for RFT): (config, directory, summary)."""
     extra, scores = ([f"algo.lr={lr}"] if lr is not None else []), {}
@@ -130,6 +148,8 @@ def one_run(cfg: Config, run_dir: Path, method: str, variant: str, seed: int, lr
     if method == "rft" and not sub_cfg.algo.reward_model:
         judged = reward_model(sub_cfg, run_dir / "reward_models" / f"{variant}-seed{seed}")
         scores["reward_model_acc"] = judged["held_out_accuracy"]
+        scores["reward_model_ceiling"] = preference_ceiling(
+            sub_cfg, run_dir / "reward_models" / f"{variant}-seed{seed}" / "preferences.jsonl")
         sub_cfg = method_config(cfg, method, variant, seed, *extra, f"algo.reward_model={judged['judge_path']}")
     name = f"{method}@{variant}-seed{seed}" + (f"-lr{lr:g}" if lr is not None else "")
     sub = run_dir / "runs" / name
@@ -196,7 +216,8 @@ def run(cfg: Config, run_dir: Path) -> dict:
                               "warm_start": warm_start_record(summary["init_policy"]),
                               "lr": sub_cfg.algo.lr, "wall_s": summary["wall_s"]}
                     scores_path.write_text(strict_json(scores))
-                per_seed[f"{method}@{variant}"].append(json.loads(scores_path.read_text()))
+                ceiling = {k: summary[k] for k in ("reward_model_ceiling",) if k in summary}
+                per_seed[f"{method}@{variant}"].append({**json.loads(scores_path.read_text()), **ceiling})
     table = aggregate(per_seed, METRICS)
     targets = paired_targets(per_seed, list(variants))
     (run_dir / "comparison.json").write_text(strict_json(table, indent=1))
@@ -258,12 +279,15 @@ def markdown(cfg: Config, table: dict, targets: dict, lrs: dict, per_seed: dict,
              "Mean ± std over seeds; the win rate's [±] is the judge's 95% interval of the mean. Answer kinds are "
              "of the sampled answers.", "",
              "| method@data | correctness | greedy correctness | wrong number | malformed | win rate vs SFT | "
-             "implicit reward acc. | reward model acc. | start correctness |", "|---|---|---|---|---|---|---|---|---|"]
+             "implicit reward acc. | reward model acc. (ceiling) | start correctness |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for key, e in table.items():
         lines.append(f"| {key} | {cell(e, 'correctness')} | {cell(e, 'greedy_correctness')} | "
                      f"{cell(e, 'wrong_number_share')} | {cell(e, 'malformed_share')} | {cell(e, 'win_rate_vs_sft')} "
                      f"[±{e.get('win_rate_vs_sft_ci95', float('nan')):.3f}] | {cell(e, 'implicit_reward_acc')} | "
-                     f"{cell(e, 'reward_model_acc')} | {cell(e, 'start_correctness')} |")
+                     f"{cell(e, 'reward_model_acc')}"
+                     + (f" ({e['reward_model_ceiling']:.3f})" if "reward_model_ceiling" in e else "")
+                     + f" | {cell(e, 'start_correctness')} |")
     lines += ["", "## Targets (paired over seeds, mean [95% interval]; met when the interval's low end ≥ 0)", ""]
     for name, d in targets.items():
         verdict = "met" if d["low"] >= 0 else ("missed" if d["mean"] + d["ci95"] < 0 else "not shown (interval spans 0)")

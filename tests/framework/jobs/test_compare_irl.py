@@ -29,6 +29,7 @@ def test_irl_comparison_writes_the_contract(small_config, tiny_policy, tmp_path)
             assert 0.0 <= entry[metric] and f"{metric}_std" in entry, metric
         assert entry["correctness"] <= 1 and entry["malformed_share"] + entry["wrong_number_share"] <= 1 + 1e-9
     assert 0.0 <= table["rft@clean"]["reward_model_acc"] <= 1.0 and "reward_model_acc" not in table["irft@clean"]
+    assert 0.0 <= table["rft@clean"]["reward_model_ceiling"] <= 1.0
     # SFT against itself is a tie in expectation: its interval covers ½
     sft = table["sft@clean"]
     assert abs(sft["win_rate_vs_sft"] - 0.5) <= sft["win_rate_vs_sft_ci95"] * 1.5
@@ -85,3 +86,15 @@ def test_irl_comparison_needs_the_sft_baseline(small_config, tmp_path):
     cfg = small_config("job=compare_irl", "compare.methods=[spin,irft]")
     with pytest.raises(InputError, match="needs 'sft'"):
         JOBS["compare_irl"].preflight(cfg, tmp_path)
+
+
+def test_the_reward_models_ceiling_is_what_correctness_alone_decides(small_config, tmp_path):
+    """1 where only the chosen answer is right, ½ where both are (styles are coin flips), 0 where
+    only the rejected one is: (1 + ½ + 0 + ½) / 4."""
+    from framework.jobs.compare_irl import preference_ceiling
+
+    state = [{"role": "user", "content": "3+4"}]
+    rows = [("7!", "8!"), ("7!", "7~"), ("6.", "7."), ("5!", "9~")]
+    data = tmp_path / "p.jsonl"
+    data.write_text("".join(json.dumps({"messages": state, "chosen": a, "rejected": b}) + "\n" for a, b in rows))
+    assert preference_ceiling(small_config(), data) == pytest.approx(0.5)
