@@ -316,8 +316,10 @@ class RayCluster:
             size = {} if address else {"num_cpus": num_cpus}
             if not address:
                 loopback_only(ray)
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
-                     runtime_env={"py_modules": code} if code else None, **size)
+            # "local": a Ray of its own even beside another one on this machine (address=None would
+            # join whichever is running — another run's, which takes this run down when it ends)
+            ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
+                     configure_logging=False, runtime_env={"py_modules": code} if code else None, **size)
             if not address:
                 self.watchdog = start_watchdog(ray)
         elif code:  # a Ray started elsewhere in this process: per actor, by the URIs of the uploads

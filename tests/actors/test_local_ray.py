@@ -1,5 +1,6 @@
-"""The Ray a run starts for itself (issue 15): it listens on the loopback interface only, and a
-driver killed with SIGKILL leaves none of its processes behind."""
+"""The Ray a run starts for itself (issue 15): it listens on the loopback interface only, a driver
+killed with SIGKILL leaves none of its processes behind, and it is the run's own even while
+another Ray runs on the machine."""
 
 from __future__ import annotations
 
@@ -58,3 +59,22 @@ def test_a_runs_own_ray_is_loopback_only_and_dies_with_its_driver(tiny_policy, c
     finally:
         if driver.poll() is None:
             driver.kill()
+
+
+def test_a_run_starts_its_own_ray_beside_another_on_the_machine():
+    """With another Ray running here (another run's, or a test's cluster), a run without an
+    address starts its own instead of joining it (when that one stops, this run would die)."""
+    from ray.cluster_utils import Cluster
+
+    other = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        probe = ("from actors.remote import RayCluster; import ray; c = RayCluster(num_cpus=1); "
+                 "print(ray.get_runtime_context().gcs_address); c.shutdown()")
+        out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr
+        own = out.stdout.strip().splitlines()[-1]
+        assert own and own != other.address, (own, other.address)
+    finally:
+        other.shutdown()
