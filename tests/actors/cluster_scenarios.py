@@ -115,7 +115,7 @@ def roles_land_where_their_resources_say(run_dir: Path) -> None:
         single = Learner(model_path=policy, lr=cfg.algo.lr)
         batch = batch_for(single, task)
         single.train(batch, algorithm="mpo", eta=cfg.algo.eta, minibatches=1, lr=cfg.algo.lr)
-        update(roles, batch, cfg.algo, cfg.algo.lr)
+        update(roles, batch, cfg.algo, 0, 1)  # iteration 0 of 1: the constant lr
         w0, w1 = remote.get([h.call(Learner.weights) for h in roles.learners])
         for k, v in single.weights().items():
             torch.testing.assert_close(w0[k], w1[k])  # the replicas on two nodes stay identical
