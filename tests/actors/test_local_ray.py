@@ -64,17 +64,24 @@ def test_a_runs_own_ray_is_loopback_only_and_dies_with_its_driver(tiny_policy, c
 def test_a_run_starts_its_own_ray_beside_another_on_the_machine():
     """With another Ray running here (another run's, or a test's cluster), a run without an
     address starts its own instead of joining it (when that one stops, this run would die)."""
-    from ray.cluster_utils import Cluster
-
-    other = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # the other Ray lives in a process of its own: Cluster.shutdown resets the calling process's
+    # Ray state, which would break the session's Ray for the tests after this one
+    host = ("import sys; from ray.cluster_utils import Cluster; "
+            "c = Cluster(initialize_head=True, head_node_args={'num_cpus': 1}); "
+            "print(c.address, flush=True); sys.stdin.read(); c.shutdown()")
+    other = subprocess.Popen([sys.executable, "-c", host], cwd=ROOT, env=env, stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
-        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        address = other.stdout.readline().strip()
+        assert address, "the other Ray did not start"
         probe = ("from actors.remote import RayCluster; import ray; c = RayCluster(num_cpus=1); "
                  "print(ray.get_runtime_context().gcs_address); c.shutdown()")
         out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True,
                              timeout=120)
         assert out.returncode == 0, out.stderr
         own = out.stdout.strip().splitlines()[-1]
-        assert own and own != other.address, (own, other.address)
+        assert own and own != address, (own, address)
     finally:
-        other.shutdown()
+        other.stdin.close()
+        other.wait(timeout=60)
