@@ -130,6 +130,11 @@ class WarmStartConfig:
     """With ``until=plateau``: checks without an improvement before stopping."""
     min_delta: float = 0.002
     """With ``until=plateau``: the mean NLL per answer (nats) a check must improve by."""
+    lr_drops: int = 0
+    """With ``until=plateau``: plateaus met by going back to the best weights and going on at
+    ``lr_drop_factor`` × the rate before stopping at the next (an annealed, converged start)."""
+    lr_drop_factor: float = 0.3
+    """With ``until=plateau``: what each of the ``lr_drops`` multiplies the learning rate by."""
 
     def __post_init__(self):
         if self.steps < 0 or self.batch_size < 1 or self.demonstrations < 1:
@@ -140,6 +145,8 @@ class WarmStartConfig:
             raise ConfigError("until", f"must be 'steps' or 'plateau', got {self.until!r}")
         if self.eval_every < 1 or self.patience < 1 or not self.min_delta >= 0:
             raise ConfigError("eval_every", "eval_every ≥ 1, patience ≥ 1 and min_delta ≥ 0 are required")
+        if self.lr_drops < 0 or not 0 < self.lr_drop_factor < 1:
+            raise ConfigError("lr_drops", "lr_drops ≥ 0 and 0 < lr_drop_factor < 1 are required")
         if self.until == "plateau" and self.demonstrations < 10:
             raise ConfigError("demonstrations", "until=plateau holds out a tenth: at least 10 are needed")
 
@@ -148,6 +155,8 @@ class WarmStartConfig:
         every = dataclasses.asdict(self)
         if self.until == "steps":
             return {k: every[k] for k in ("steps", "batch_size", "lr", "demonstrations")}
+        if not self.lr_drops:  # (plateau starts without drops keep their cache entries)
+            del every["lr_drops"], every["lr_drop_factor"]
         return every
 
 

@@ -56,7 +56,8 @@ def prepare_policy(cfg: Config, task: Task, *, progress: bool = True) -> str:
 
 def warm_start_record(policy: str | Path) -> dict:
     """How a cached warm start was trained (``warm_start.json`` beside its policy): steps taken,
-    why it stopped and, with ``until=plateau``, the held-out NLL at each check; {} if unknown."""
+    why it stopped and, with ``until=plateau``, the held-out NLL at each check and the steps where
+    the learning rate dropped (with the new rate); {} if unknown."""
     path = Path(policy).parent / "warm_start.json"
     return json.loads(path.read_text()) if path.exists() else {}
 
@@ -81,8 +82,8 @@ def _sft(base: str, demos: list[Demonstration], w: WarmStartConfig, seed: int, o
         prompts, responses = prompts[:cut], responses[:cut]
     rng = np.random.default_rng([seed, 7])
     pad = learner.tokenizer.pad_token_id
-    record: dict = {"until": w.until, "steps": 0, "stopped": "steps", "heldout_nll": []}
-    best, best_state, waited = float("inf"), None, 0
+    record: dict = {"until": w.until, "steps": 0, "stopped": "steps", "heldout_nll": [], "lr_drops": []}
+    best, best_state, waited, lr, drops = float("inf"), None, 0, w.lr, w.lr_drops
     with tqdm(range(w.steps), desc="warm start (SFT)", disable=not progress, unit="step") as bar:
         for step in bar:
             idx = rng.choice(len(prompts), size=min(w.batch_size, len(prompts)), replace=False)
@@ -100,7 +101,13 @@ def _sft(base: str, demos: list[Demonstration], w: WarmStartConfig, seed: int, o
                     record["best_step"] = step + 1
                 else:
                     waited += 1
-                    if waited >= w.patience:
+                    if waited >= w.patience and drops:  # anneal: back to the best, on at a lower rate
+                        drops, waited, lr = drops - 1, 0, lr * w.lr_drop_factor
+                        learner.module.load_state_dict(best_state)
+                        for group in learner.optimizer.param_groups:
+                            group["lr"] = lr
+                        record["lr_drops"].append([step + 1, lr])
+                    elif waited >= w.patience:
                         record["stopped"] = "plateau"
                         break
     if best_state is not None:  # the weights of the best check

@@ -31,8 +31,30 @@ def test_a_plateau_stops_after_patience_checks_and_keeps_the_best_weights(cache_
         "warm_start.batch_size=8"]), task, progress=False)  # a fixed-step start is another cache entry
 
 
+def test_a_plateau_with_lr_drops_goes_back_to_the_best_weights_at_the_lower_rate(cache_dir, task):
+    """lr_drops=2 with a min_delta no check can beat: the rate drops at the 2nd plateau check (30)
+    and again at 50, the run stops at 70. With a factor of 1e-9 training after a drop barely moves
+    the weights, so every later check sees the best (first) check's weights again: the drop both
+    restored them and set the rate."""
+    common = [f"cache_dir={cache_dir}", "task.turns=2", "warm_start.until=plateau", "warm_start.steps=500",
+              "warm_start.eval_every=10", "warm_start.patience=2", "warm_start.min_delta=100",
+              "warm_start.demonstrations=40", "warm_start.batch_size=8"]
+    cfg = load_config(None, [*common, "warm_start.lr_drops=2", "warm_start.lr_drop_factor=1e-9"])
+    record = warm_start_record(prepare_policy(cfg, task, progress=False))
+    assert record["stopped"] == "plateau" and record["steps"] == 70 and record["best_step"] == 10
+    assert record["lr_drops"] == [[30, pytest.approx(3e-12)], [50, pytest.approx(3e-21)]]
+    nll = dict(record["heldout_nll"])
+    assert nll[20] != pytest.approx(nll[10], rel=1e-4)  # (at the full rate, 10 steps move the NLL)
+    for step in (40, 50, 60, 70):
+        assert nll[step] == pytest.approx(nll[10], rel=1e-5), step
+    with pytest.raises(Exception, match="lr_drop"):
+        load_config(None, [*common, "warm_start.lr_drop_factor=1.5"])
+
+
 def test_a_fixed_step_start_keeps_its_cache_key():
     """The plateau's settings enter the cache key only when it stops on one: starts made before
     them are found again."""
     assert WarmStartConfig().cache_key() == {"steps": 800, "batch_size": 64, "lr": 3e-3, "demonstrations": 4000}
     assert json.dumps(WarmStartConfig(until="plateau").cache_key()).count("patience") == 1
+    assert "lr_drops" not in WarmStartConfig(until="plateau").cache_key()  # (plateau starts made before drops)
+    assert WarmStartConfig(until="plateau", lr_drops=1).cache_key()["lr_drops"] == 1
