@@ -279,8 +279,9 @@ class AlgoConfig:
             raise ConfigError("lr", "lr > 0, epochs ≥ 1 and minibatches ≥ 1 are required")
         if not (self.temperature >= 0 and math.isfinite(self.temperature)):
             raise ConfigError("temperature", f"must be ≥ 0 (0: greedy), got {self.temperature}")
-        for key, default in (("temperature", 1.0), ("round_reset", False), ("reward_model", None)):
-            if getattr(self, key) != default and key not in accepts:
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for key in ("temperature", "round_reset", "reward_model"):
+            if getattr(self, key) != defaults[key] and key not in accepts:
                 raise ConfigError(key, f"is implemented for {', '.join(implementing(key))}, not {self.name!r}")
         if not 0 <= self.round_warmup < 1:
             raise ConfigError("round_warmup", f"must be in [0, 1), got {self.round_warmup}")

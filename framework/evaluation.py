@@ -30,17 +30,15 @@ def class_counts(task, states: list, responses: list[list[str]]) -> np.ndarray:
     return counts
 
 
-#: The kinds of answer a task with response classes tells apart: a class named ``…none`` does not
-#: parse (it has no style mark, or no number), the others are right or wrong by their name.
+#: The kinds of answer a task with response classes tells apart: one it cannot read
+#: (``task.malformed_classes``), a right one (``task.correct_classes``), and a wrong one.
 ANSWER_KINDS = ("correct", "wrong_number", "malformed")
 
 
 def answer_kinds(task, states: list, responses: list[list[str]]) -> dict[str, float]:
     """The share of ``responses`` (a list per state) of each of ``ANSWER_KINDS``."""
     counts = class_counts(task, states, responses).sum(axis=0)
-    malformed = sum(c for c, name in zip(counts, task.class_names) if name.endswith("none"))
-    correct = sum(c for c, name in zip(counts, task.class_names) if name.startswith("correct")
-                  and not name.endswith("none"))
+    malformed, correct = counts[task.malformed_classes].sum(), counts[task.correct_classes].sum()
     total = counts.sum()
     return {"correct": float(correct / total), "wrong_number": float((total - correct - malformed) / total),
             "malformed": float(malformed / total)}

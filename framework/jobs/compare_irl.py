@@ -22,8 +22,11 @@ the task's form), ``win_rate_vs_sft`` (judge win rate against the same variant's
 ranks the right answer above an answer of π_start), ``reward_model_acc`` (RFT: its reward model's
 held-out pair accuracy before the policy phase, and ``reward_model_ceiling``, the accuracy its
 pairs allow: a judge of correctness alone, ½ where both answers are right or both wrong — a right
-answer's style is the demonstrator's coin flip), ``start_correctness`` and ``wall_s``.
-``targets.json`` holds the paired differences over seeds (mean, 95% t-interval) the targets name.
+answer's style is the demonstrator's coin flip), ``start_correctness`` (the run's own start
+evaluation), ``start_greedy_correctness`` and ``start_sampled_correctness`` (the start on the test
+states) and ``wall_s``. ``targets.json`` holds the paired differences over seeds (mean, 95%
+t-interval) the targets name, and ``continued_sft_gain_*``: what continued SFT gains over the start
+(a converged start gains less than ``CONVERGED_GAIN``).
 """
 
 from __future__ import annotations
@@ -50,7 +53,10 @@ from games.tasks import get_task
 #: the method every other is judged against: ``algo.name=sft`` trained on the same demonstrations
 BASELINE = "sft"
 METRICS = ("correctness", "greedy_correctness", "malformed_share", "wrong_number_share", "win_rate_vs_sft",
-           "implicit_reward_acc", "reward_model_acc", "reward_model_ceiling", "start_correctness", "wall_s")
+           "implicit_reward_acc", "reward_model_acc", "reward_model_ceiling", "start_correctness",
+           "start_greedy_correctness", "start_sampled_correctness", "wall_s")
+#: a start is converged when continued SFT gains less than this in greedy correctness (the issue's bar)
+CONVERGED_GAIN = 0.02
 #: validation states are held-out states drawn with this offset to the seed (the test ones use +1..+3)
 VALIDATION_SEED = 10_000
 
@@ -101,7 +107,8 @@ def answer_scores(cfg: Config, policy: str, *, conversations: int, seed: int) ->
     sampled = answer_kinds(task, states, [[s.text for s in g] for g in gen.sample(states, k=cfg.eval.samples,
                                                                                    seed=seed)])
     return {"greedy_correctness": greedy["correct"], "greedy_malformed_share": greedy["malformed"],
-            "malformed_share": sampled["malformed"], "wrong_number_share": sampled["wrong_number"]}
+            "sampled_correctness": sampled["correct"], "malformed_share": sampled["malformed"],
+            "wrong_number_share": sampled["wrong_number"]}
 
 
 def reward_model(cfg: Config, out: Path) -> dict:
@@ -132,7 +139,7 @@ def preference_ceiling(cfg: Config, data: Path) -> float | None:
     task = get_task(**dataclasses.asdict(cfg.task))
     if not task.response_classes:
         return None
-    right = [i for i, name in enumerate(task.class_names) if name.startswith("correct")]
+    right = task.correct_classes
     scores = []
     for line in data.read_text().splitlines():
         row = json.loads(line)
@@ -156,6 +163,17 @@ def one_run(cfg: Config, run_dir: Path, method: str, variant: str, seed: int, lr
     summary = run_or_reuse(sub_cfg, sub, f"compare_irl {method}@{variant}, seed {seed}"
                            + (f", lr {lr:g}" if lr is not None else ""), selfplay.run)
     return sub_cfg, sub, {**summary, **scores}
+
+
+def start_scores(cfg: Config, policy: str, path: Path, *, conversations: int, seed: int) -> dict:
+    """The start's greedy and sampled correctness on the methods' test states (cached in ``path``):
+    what continued SFT gains over it says whether the start had converged."""
+    if not path.exists():
+        scores = answer_scores(cfg, policy, conversations=conversations, seed=seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(strict_json({f"start_{k}": scores[k] for k in ("greedy_correctness", "sampled_correctness")}
+                                    if scores else {}))
+    return json.loads(path.read_text())
 
 
 def select_lrs(cfg: Config, run_dir: Path, methods: list[str], variant: str, seed: int) -> dict:
@@ -191,13 +209,15 @@ def run(cfg: Config, run_dir: Path) -> dict:
     per_seed: dict = {f"{m}@{v}": [] for v in variants for m in methods}
     for seed in cfg.compare.seeds:
         for variant in variants:
-            sft_policy = None
+            sft_policy, start = None, None
             for method in methods:
                 sub_cfg, sub, summary = one_run(cfg, run_dir, method, variant, seed, lrs[method])
                 # from the run directory, not the summary (whose path may be relative to another cwd)
                 final_policy = str(sub / "checkpoints" / "final" / "policy")
                 if method == BASELINE:
                     sft_policy = final_policy
+                    start = start_scores(sub_cfg, summary["init_policy"], run_dir / "starts" / f"{variant}-seed{seed}.json",
+                                         conversations=cfg.eval.final_conversations, seed=seed + 1)
                 scores_path = sub / "irl_scores.json"
                 if not scores_path.exists():
                     judged = evaluate_policy(sub_cfg, final_policy, sft_policy,
@@ -217,7 +237,7 @@ def run(cfg: Config, run_dir: Path) -> dict:
                               "lr": sub_cfg.algo.lr, "wall_s": summary["wall_s"]}
                     scores_path.write_text(strict_json(scores))
                 ceiling = {k: summary[k] for k in ("reward_model_ceiling",) if k in summary}
-                per_seed[f"{method}@{variant}"].append({**json.loads(scores_path.read_text()), **ceiling})
+                per_seed[f"{method}@{variant}"].append({**json.loads(scores_path.read_text()), **ceiling, **start})
     table = aggregate(per_seed, METRICS)
     targets = paired_targets(per_seed, list(variants))
     (run_dir / "comparison.json").write_text(strict_json(table, indent=1))
@@ -258,6 +278,11 @@ def paired_targets(per_seed: dict, variants: list[str]) -> dict:
                     drops[m] = np.asarray(a) - np.asarray(b)
             if len(drops) == 2:  # IRFT's drop ≤ SFT's: sft_drop − irft_drop ≥ 0
                 out[f"sft_drop_minus_irft_drop_{metric}"] = paired(list(drops["sft"]), list(drops["irft"]))
+    for metric in ("greedy_correctness", "sampled_correctness"):  # the start's convergence: gains < CONVERGED_GAIN
+        for variant in variants:
+            a, b = col(f"sft@{variant}", metric), col(f"sft@{variant}", f"start_{metric}")
+            if a and b and None not in a + b:
+                out[f"continued_sft_gain_{metric}@{variant}"] = paired(a, b)
     a, b = col(f"irft@{clean}", "implicit_reward_acc"), col(f"sft@{clean}", "implicit_reward_acc")
     if a and b and None not in a + b:
         out[f"irft_minus_sft_implicit_reward_acc@{clean}"] = paired(a, b)
@@ -291,5 +316,7 @@ def markdown(cfg: Config, table: dict, targets: dict, lrs: dict, per_seed: dict,
     lines += ["", "## Targets (paired over seeds, mean [95% interval]; met when the interval's low end ≥ 0)", ""]
     for name, d in targets.items():
         verdict = "met" if d["low"] >= 0 else ("missed" if d["mean"] + d["ci95"] < 0 else "not shown (interval spans 0)")
+        if name.startswith("continued_sft_gain"):
+            verdict = f"{'converged' if d['mean'] < CONVERGED_GAIN else 'not converged'} start (bar: < {CONVERGED_GAIN})"
         lines.append(f"- `{name}`: {d['mean']:+.3f} [{d['low']:+.3f}, {d['mean'] + d['ci95']:+.3f}] → {verdict}")
     return "\n".join(lines) + "\n"

@@ -39,8 +39,7 @@ def evaluate(cluster, policy: Handle[RolloutGenerator], reference: Handle[Rollou
     if task.response_classes:
         counts = class_counts(task, states, [[x.text for x in g] for g in cur])
         out["exploitability"] = float(task.exploitability(counts).mean())
-        correct = [i for i, name in enumerate(task.class_names) if name.startswith("correct")]
-        out["correct"] = float(counts[:, correct].sum() / counts.sum())
+        out["correct"] = float(counts[:, task.correct_classes].sum() / counts.sum())
     return out
 
 

@@ -18,6 +18,7 @@ class Task(Protocol):
     - ``rule_judge``: ``judge()`` returns the task's programmatic judge (``judge.kind=rule``);
     - ``response_classes``: answers fall into ``class_names`` that the judge distinguishes,
       ``classify(state, answer)`` names one and ``exploitability(counts)`` is exact per state;
+      ``correct_classes`` and ``malformed_classes`` index the right and the unreadable answers;
     - ``heldout_answers``: ``heldout_demonstrations(n, seed)`` gives right answers at held-out states.
 
     ``demonstrations(n, seed, corruption)`` raises an ``InputError`` for a share of wrong answers

@@ -151,6 +151,16 @@ class RunningSumTask:
         return [f"{'correct' if c else 'wrong'}{s}" for c in (0, 1) for s in (*STYLES, "none")]
 
     @property
+    def correct_classes(self) -> list[int]:
+        """Right totals, in any style (an unreadable answer is never right)."""
+        return [4, 5, 6]
+
+    @property
+    def malformed_classes(self) -> list[int]:
+        """No total and style mark to read (``classify`` puts every such answer in wrong/none)."""
+        return [3, 7]
+
+    @property
     def style_matrix(self) -> np.ndarray:
         """(4, 4) P_style over ("!", ".", "~", none)."""
         m0, m1, m2 = self.margins

@@ -38,3 +38,18 @@ def test_corrupted_demonstrations_have_wrong_totals_at_the_asked_rate(corruption
         [[m["content"] for m in c if m["role"] == "user"] for c in clean]  # same prompts at every rate
     with pytest.raises(InputError, match="corruption"):
         task.demonstrations(1, seed=0, corruption=1.5)
+
+
+def test_the_correct_and_malformed_classes_are_what_classify_gives_such_answers():
+    """A right total in each style, a wrong one in each style, and unreadable answers: each lands in
+    the class the task names for its kind (the error-kind breakdown reads these)."""
+    task = get_task("running_sum", turns=2)
+    state = task.heldout_states(1, 0)[0]
+    total = running_total(state)
+    kinds = {i: "correct" for i in task.correct_classes} | {i: "malformed" for i in task.malformed_classes}
+    for style in STYLES:
+        assert kinds.get(task.classify(state, f"{total}{style}")) == "correct"
+        assert task.classify(state, f"{total + 1}{style}") not in kinds
+    for text in ("", f"{total}", "the total", f"{style}{total}"):
+        assert kinds.get(task.classify(state, text)) == "malformed", text
+    assert set(task.correct_classes).isdisjoint(task.malformed_classes)

@@ -25,7 +25,8 @@ def test_irl_comparison_writes_the_contract(small_config, tiny_policy, tmp_path)
     assert list(table) == ["sft@clean", "irft@clean", "rft@clean", "sft@corrupted", "irft@corrupted", "rft@corrupted"]
     for entry in table.values():
         for metric in ("correctness", "greedy_correctness", "malformed_share", "wrong_number_share",
-                       "win_rate_vs_sft", "implicit_reward_acc", "start_correctness", "wall_s"):
+                       "win_rate_vs_sft", "implicit_reward_acc", "start_correctness", "start_greedy_correctness",
+                       "start_sampled_correctness", "wall_s"):
             assert 0.0 <= entry[metric] and f"{metric}_std" in entry, metric
         assert entry["correctness"] <= 1 and entry["malformed_share"] + entry["wrong_number_share"] <= 1 + 1e-9
     assert 0.0 <= table["rft@clean"]["reward_model_acc"] <= 1.0 and "reward_model_acc" not in table["irft@clean"]
@@ -55,6 +56,12 @@ def test_irl_comparison_writes_the_contract(small_config, tiny_policy, tmp_path)
     want = np.mean([a["greedy_correctness"] - b["greedy_correctness"]
                     for a, b in zip(seeds["irft@clean"], seeds["sft@clean"])])
     assert targets["irft_minus_sft_greedy_correctness@clean"]["mean"] == pytest.approx(want)
+    # the start, scored on the methods' test states, is each variant's own and every method's
+    for variant in ("clean", "corrupted"):
+        starts = {r["start_greedy_correctness"] for key, rows in seeds.items() if key.endswith(variant) for r in rows}
+        assert len(starts) == 1
+        gain = seeds[f"sft@{variant}"][0]["greedy_correctness"] - starts.pop()
+        assert targets[f"continued_sft_gain_greedy_correctness@{variant}"]["mean"] == pytest.approx(gain)
     assert "## Targets" in (tmp_path / "comparison.md").read_text()
 
 
@@ -63,7 +70,8 @@ def test_the_targets_are_paired_over_seeds():
     drop minus IRFT's (≥ 0 when IRFT loses less)."""
     from framework.jobs.compare_irl import paired_targets
 
-    rows = lambda *values: [{"greedy_correctness": v, "implicit_reward_acc": v} for v in values]  # noqa: E731
+    rows = lambda *values: [{"greedy_correctness": v, "implicit_reward_acc": v, "start_greedy_correctness": 0.5}
+                            for v in values]  # noqa: E731
     per_seed = {"sft@clean": rows(0.8, 0.7), "spin@clean": rows(0.5, 0.6), "irft@clean": rows(0.9, 0.7),
                 "sft@corrupted": rows(0.6, 0.4), "spin@corrupted": rows(0.4, 0.4), "irft@corrupted": rows(0.8, 0.6)}
     t = paired_targets(per_seed, ["clean", "corrupted"])
@@ -72,6 +80,8 @@ def test_the_targets_are_paired_over_seeds():
     # drops: SFT 0.2, 0.3; IRFT 0.1, 0.1 → differences 0.1, 0.2
     assert t["sft_drop_minus_irft_drop_greedy_correctness"]["mean"] == pytest.approx(0.15)
     assert t["sft_drop_minus_irft_drop_greedy_correctness"]["seeds"] == 2
+    # what continued SFT gains over the start: 0.3, 0.2 (clean)
+    assert t["continued_sft_gain_greedy_correctness@clean"]["mean"] == pytest.approx(0.25)
 
 
 def test_paired_differences_have_a_t_interval():
