@@ -39,7 +39,7 @@ from framework.errors import InputError, NonFiniteError
 from framework.losses import lm_loss
 from framework.models import accelerator, group_backend, load_policy
 from privacy import corpus as corpus_lib
-from privacy.accounting import Budget, epsilon, noise_multiplier_for
+from privacy.accounting import Budget, plan_noise
 from privacy.audit import audit
 from privacy.diagnostics import curvature_diagnostics
 from privacy.engine import layer_report, make_engine, resolve_mode
@@ -105,8 +105,13 @@ class DPLearner:
         self.noise_multiplier = 0.0
         self.budget = None
         if self.spec.private:
-            self._plan_noise(target_epsilon=target_epsilon, noise_multiplier=noise_multiplier,
-                             stop_at_budget=stop_at_budget, accountant=accountant)
+            # the budget, and σ: the smallest that fits private_steps into it, or the given one if
+            # its schedule fits (else refused, unless the run is to stop at the budget)
+            self.budget = Budget(target_epsilon=target_epsilon, delta=self.delta, accountant=accountant)
+            self.noise_multiplier = plan_noise(
+                private_sequences=self.private_total, batch_size=batch_size, private_steps=self.private_steps,
+                target_epsilon=target_epsilon, delta=self.delta, noise_multiplier=noise_multiplier,
+                stop_at_budget=stop_at_budget, accountant=accountant)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=weight_decay)
         self.private_lr = private_lr if private_lr is not None else lr
         self.sampler = torch.Generator().manual_seed(seed * 7919 + 1 + 1000 * rank)  # this shard's Poisson draws
@@ -122,27 +127,6 @@ class DPLearner:
         self._unaccounted = False
         if self.phase == "private":
             self._attach()
-
-    # --- the plan --------------------------------------------------------------------------
-    def _plan_noise(self, *, target_epsilon: float, noise_multiplier: float | None, stop_at_budget: bool,
-                    accountant: str) -> None:
-        """The budget, and σ: the smallest that fits private_steps into it, or the given one if its
-        schedule fits (else refused, unless the run is to stop at the budget)."""
-        self.budget = Budget(target_epsilon=target_epsilon, delta=self.delta, accountant=accountant)
-        if noise_multiplier is None:
-            self.noise_multiplier = noise_multiplier_for(
-                target_epsilon=target_epsilon, delta=self.delta, sample_rate=self.sample_rate,
-                steps=self.private_steps, accountant=accountant)
-            return
-        self.noise_multiplier = noise_multiplier
-        planned = epsilon(noise_multiplier=noise_multiplier, sample_rate=self.sample_rate,
-                          steps=self.private_steps, delta=self.delta, accountant=accountant)
-        if planned > target_epsilon and not stop_at_budget:
-            raise InputError(
-                f"dp: the schedule does not fit the budget: {self.private_steps} steps at σ={noise_multiplier}, "
-                f"q={self.sample_rate:.4g} spend ε={planned:.3f} > dp.target_epsilon={target_epsilon} "
-                f"(δ={self.delta:.3g}); lower dp.private_steps, leave dp.noise_multiplier empty to "
-                f"compute σ, or set dp.stop_at_budget=true to stop at the last step inside it")
 
     def describe(self) -> dict:
         """What the driver may know: sizes, the mechanism, the layer report (no private content)."""
