@@ -22,7 +22,9 @@ def _batch(task, learner, n=8, seed=0):
 
 
 def test_mpo_updates_move_logprobs_toward_the_target(tiny_policy, task):
-    learner = Learner(model_path=tiny_policy, lr=3e-3)
+    # (8 epochs at 3e-3 overshoot on some hosts — loss 4.5, ρ uncorrelated on an AMD EPYC — while
+    # 1e-3 converges: the test is of the update's direction, not of a step size at the edge)
+    learner = Learner(model_path=tiny_policy, lr=1e-3)
     batch = _batch(task, learner)
     first = learner.train(batch, algorithm="mpo", eta=2.0, epochs=8, minibatches=1)
     assert first["version"] == 1
