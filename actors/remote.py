@@ -10,7 +10,9 @@ Faults: every ``get`` has a deadline per role (``pipeline.call_timeout_s`` /
 constructor and the last ``@state_setting`` call rebuild) that dies or misses its deadline is
 killed, re-created in its slot and sent again, in order, the last state-setting call it had
 completed and every call it lost, with the same arguments (so seeds: the same samples come back),
-up to ``pipeline.max_restarts`` times. Anything else (a learner) raises ``RoleLost``, for the job
+up to ``pipeline.max_restarts`` times. A deadline counts from when the role's actor is up (its
+process started and its constructor done): a re-created judge that is slow to import its model
+on a loaded machine has not missed it. Anything else (a learner) raises ``RoleLost``, for the job
 to rebuild its roles from a checkpoint. Methods are named by their function, not a string, so "go to definition" works
 from the controller and a type checker sees the arguments. ``RayCluster`` runs every role as a Ray
 actor, on a Ray it starts on this machine or on the cluster it joins; ``LocalCluster`` runs them
@@ -83,6 +85,9 @@ class Handle(Generic[R]):
 #: the CPUs of a role that asks for none: a place in the placement group, not a reservation
 #: (Ray ignores the placement of an actor that asks for nothing)
 SLOT_CPUS = 0.01
+#: how long an actor may take to start (its process, its constructor) before its calls' deadlines
+#: run all the same
+STARTUP_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -243,6 +248,7 @@ class _Role:
     actor: Any = None
     log: list = field(default_factory=list)
     restarts: int = 0
+    up: Any = None  # the future of the actor's start (its constructor), until it is known done
 
 
 @dataclass(eq=False)
@@ -388,6 +394,7 @@ class RayCluster:
         # named for Ray's tools (`ray list actors`, the dashboard): the role, and a suffix of its own
         name = f"{role.name} {uuid.uuid4().hex[:8]}"
         role.actor = self.ray.remote(role.cls).options(name=name, **role.options).remote(**role.kwargs)
+        role.up = role.actor.__ray_call__.remote(_up)
         if role.pin:
             # The CPU stand-in for separate GPUs: the actor's process may only run on these cores.
             self.ray.get(role.actor.__ray_call__.remote(lambda self_, cpus=role.pin: os.sched_setaffinity(0, cpus)))
@@ -428,6 +435,8 @@ class RayCluster:
             if not isinstance(future, Call):
                 return self._value(future, None)
             seconds = self.deadline(future.role)
+            if seconds and self._starting(future.role):
+                start = time.monotonic()  # (the actor's start is not the call's time)
             try:
                 value = self._value(future.ref, max(0.0, start + seconds - time.monotonic()) if seconds else None)
                 future.done = True
@@ -438,6 +447,17 @@ class RayCluster:
                 dead = self._role_of(getattr(e, "actor_id", None)) or future.role
                 self._recover(dead, f"died ({_first_line(e)})")
             start = time.monotonic()  # the re-issued call's deadline starts now
+
+    def _starting(self, role: _Role) -> bool:
+        """Whether ``role``'s actor was still starting: then this waits until it is up (or has
+        failed to start: its calls then fail as a death), at most ``STARTUP_S``."""
+        if role.up is None:
+            return False
+        waited = not self.ray.wait([role.up], timeout=0)[0]
+        if waited:
+            self.ray.wait([role.up], timeout=STARTUP_S)
+        role.up = None
+        return waited
 
     def _value(self, ref, timeout):
         try:
@@ -511,6 +531,10 @@ class RayCluster:
         if self.watchdog is not None:
             self.watchdog.kill()
             self.watchdog.wait()
+
+
+def _up(actor) -> None:
+    """Runs on an actor once its constructor is done."""
 
 
 def _options(slot: Slot) -> dict:

@@ -223,3 +223,35 @@ def test_past_its_restart_budget_a_role_stops_the_run_resumable(clean, cache_dir
     summary = run_selfplay(config(cache_dir, "resume=true"), tmp_path, progress=False)
     assert summary["iterations"] == ITERATIONS
     check_survived("judge past its budget, then resume=true", {**records(tmp_path), "wall_s": 0.0}, clean)
+
+
+SLOW_START = '''
+import time
+
+
+class SlowStart:
+    """Takes 4 s to start (as a judge importing its model on a loaded machine), then answers at once."""
+
+    def __init__(self):
+        time.sleep(4.0)
+
+    def ping(self) -> str:
+        return "pong"
+'''
+
+
+def test_a_deadline_counts_from_when_the_actor_is_up(ray_session, plugin):
+    """A 1 s deadline on a role whose constructor takes 4 s: its first call, sent at once, is
+    answered with no restart (were the start counted, every re-created actor would miss it too)."""
+    import importlib
+
+    from actors.remote import RayCluster
+
+    module = importlib.import_module(plugin("slow_start", SLOW_START))
+    cluster = RayCluster(modules=["slow_start"], max_restarts=1, deadlines={"default": 1.0})
+    try:
+        handle = cluster.spawn(module.SlowStart, cpus=0, restartable=True)
+        assert cluster.get(handle.call(module.SlowStart.ping)) == "pong"
+        assert dict(cluster.restarts) == {}
+    finally:
+        cluster.release()
