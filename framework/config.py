@@ -135,6 +135,9 @@ class WarmStartConfig:
     ``lr_drop_factor`` × the rate before stopping at the next (an annealed, converged start)."""
     lr_drop_factor: float = 0.3
     """With ``until=plateau``: what each of the ``lr_drops`` multiplies the learning rate by."""
+    seed: Optional[int] = None
+    """The seed of the start (the tiny model, its tokenizer, the SFT demonstrations and their
+    order); unset: the run's ``seed``. A fixed one gives runs of every seed one start."""
 
     def __post_init__(self):
         if self.steps < 0 or self.batch_size < 1 or self.demonstrations < 1:
@@ -153,6 +156,7 @@ class WarmStartConfig:
     def cache_key(self) -> dict:
         """What determines the warm start (the plateau's settings only when it stops on one)."""
         every = dataclasses.asdict(self)
+        del every["seed"]  # (part of the key as the start's seed, see warmstart.prepare_policy)
         if self.until == "steps":
             return {k: every[k] for k in ("steps", "batch_size", "lr", "demonstrations")}
         if not self.lr_drops:  # (plateau starts without drops keep their cache entries)

@@ -33,14 +33,15 @@ def sft_pairs(tokenizer, demos) -> tuple[list[list[int]], list[list[int]]]:
 def prepare_policy(cfg: Config, task: Task, *, progress: bool = True) -> str:
     """Directory of the starting policy (built and warm-started if needed)."""
     cache = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+    w = cfg.warm_start
+    seed = cfg.seed if w.seed is None else w.seed
     if cfg.model.path:
         base = cfg.model.path
     else:
-        base = str(build_tiny_model(cfg.model.tiny, task.tokenizer_corpus(cfg.seed), seed=cfg.seed, cache_dir=cache))
-    w = cfg.warm_start
+        base = str(build_tiny_model(cfg.model.tiny, task.tokenizer_corpus(seed), seed=seed, cache_dir=cache))
     if w.steps == 0:
         return base
-    what = [base, asdict(cfg.task), w.cache_key(), cfg.seed, "v1"]
+    what = [base, asdict(cfg.task), w.cache_key(), seed, "v1"]
     if cfg.demos.path or cfg.demos.corruption:  # (default demonstrations keep their old cache entries)
         what.append([cfg.demos.path, cfg.demos.corruption])
     key = hashlib.sha256(json.dumps(what).encode()).hexdigest()[:16]
@@ -49,8 +50,8 @@ def prepare_policy(cfg: Config, task: Task, *, progress: bool = True) -> str:
         return str(out / "policy")
     # what the warm start learns from: demos.path if given, else the task's own (demos.corruption)
     demos = demonstrations(task, path=cfg.demos.path, count=w.demonstrations, corruption=cfg.demos.corruption,
-                           seed=cfg.seed)
-    _sft(base, demos, w, cfg.seed, out, progress)
+                           seed=seed)
+    _sft(base, demos, w, seed, out, progress)
     return str(out / "policy")
 
 

@@ -58,3 +58,14 @@ def test_a_fixed_step_start_keeps_its_cache_key():
     assert json.dumps(WarmStartConfig(until="plateau").cache_key()).count("patience") == 1
     assert "lr_drops" not in WarmStartConfig(until="plateau").cache_key()  # (plateau starts made before drops)
     assert WarmStartConfig(until="plateau", lr_drops=1).cache_key()["lr_drops"] == 1
+
+
+def test_a_fixed_warm_start_seed_gives_every_run_seed_one_start(cache_dir, task):
+    """warm_start.seed=5 gives runs of seeds 0 and 1 the start a seed-5 run makes for itself, and
+    that start differs from seed 0's own."""
+    common = [f"cache_dir={cache_dir}", "task.turns=2", "warm_start.steps=5", "warm_start.demonstrations=20",
+              "warm_start.batch_size=4"]
+    fixed = {prepare_policy(load_config(None, [*common, f"seed={s}", "warm_start.seed=5"]), task, progress=False)
+             for s in (0, 1)}
+    assert fixed == {prepare_policy(load_config(None, [*common, "seed=5"]), task, progress=False)}
+    assert fixed != {prepare_policy(load_config(None, [*common, "seed=0"]), task, progress=False)}
