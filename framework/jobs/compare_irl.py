@@ -115,7 +115,7 @@ def reward_model(cfg: Config, out: Path) -> dict:
     """RFT's reward model trained before its policy phase (``job: train_judge`` in ``out``): the
     run's demonstrations preferred to the start's own answers at their states (ties left out),
     states split into training and held out. Returns the train_judge summary."""
-    done = finished_summary(out / "judge_run")
+    done = finished_summary(out / "judge_run", "judge_path")
     if done is not None:
         return done
     task = get_task(**dataclasses.asdict(cfg.task))
@@ -129,7 +129,8 @@ def reward_model(cfg: Config, out: Path) -> dict:
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     judge_cfg = with_overrides(cfg, ["job=train_judge", f"train_judge.data={data}", "train_judge.kind=reward_model",
                                      f"train_judge.base={start}"])
-    return run_or_reuse(judge_cfg, out / "judge_run", "compare_irl: RFT's reward model", train_judge.run)
+    return run_or_reuse(judge_cfg, out / "judge_run", "compare_irl: RFT's reward model", train_judge.run,
+                        done_key="judge_path")
 
 
 def preference_ceiling(cfg: Config, data: Path) -> float | None:

@@ -179,16 +179,18 @@ def truncate(run_dir: Path, iteration: int) -> None:
                 shard.unlink()
 
 
-def finished_summary(run_dir: Path) -> dict | None:
-    """The summary of a finished run in ``run_dir``, or None."""
+def finished_summary(run_dir: Path, done_key: str = "final") -> dict | None:
+    """The summary of a finished run in ``run_dir`` (one that has ``done_key``: ``final`` for
+    training runs, ``judge_path`` for ``job: train_judge``), or None."""
     summary = read_summary(run_dir)
-    return summary if "final" in summary else None
+    return summary if done_key in summary else None
 
 
-def run_or_reuse(cfg: Config, run_dir: Path, label: str, run: Callable[[Config, Path], dict]) -> dict:
+def run_or_reuse(cfg: Config, run_dir: Path, label: str, run: Callable[[Config, Path], dict], *,
+                 done_key: str = "final") -> dict:
     """The summary of the finished run in ``run_dir``, or of ``run(cfg, run_dir)`` done now (an
     interrupted run starts again from scratch). Comparisons run each of their runs this way."""
-    summary = finished_summary(run_dir)
+    summary = finished_summary(run_dir, done_key)
     if summary is not None:
         return summary
     print(f"[{label}] → {run_dir}", flush=True)

@@ -9,9 +9,10 @@ from framework.errors import InputError
 from framework.jobs import JOBS, run_job
 
 
-def test_irl_comparison_writes_the_contract(small_config, tiny_policy, tmp_path):
+def test_irl_comparison_writes_the_contract(small_config, tiny_policy, tmp_path, capsys):
     """Learning rates chosen from one grid on validation states (first variant and seed), used for
-    every run; RFT's reward model trained and measured before its policy phase; the paired targets."""
+    every run; RFT's reward model trained and measured before its policy phase (once per variant
+    and seed, reused by the grid's runs); the paired targets."""
     cfg = small_config("job=compare_irl", "demos.count=6", "pipeline.ray=false", "pipeline.mode=sync",
                        "eval.every=1", "compare.methods=[sft,irft,rft]", "compare.seeds=[0]",
                        "compare.lr_grid=[0.001,0.003]", "compare.validation_conversations=4",
@@ -21,6 +22,7 @@ def test_irl_comparison_writes_the_contract(small_config, tiny_policy, tmp_path)
                        "algo.temperature=0, algo.round_reset=true], rft: [train.iterations=2, algo.k=2, "
                        "algo.round_reset=true]}")
     run_job(cfg, tmp_path)
+    assert capsys.readouterr().out.count("[compare_irl: RFT's reward model]") == 2  # clean and corrupted, once each
     table = json.loads((tmp_path / "comparison.json").read_text())
     assert list(table) == ["sft@clean", "irft@clean", "rft@clean", "sft@corrupted", "irft@corrupted", "rft@corrupted"]
     for entry in table.values():
