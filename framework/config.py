@@ -624,10 +624,10 @@ class CheckpointConfig:
 class DPMethod:
     """A ``job: dp`` method: the phases the DP learner (privacy/learner.py) runs, in order.
 
-    A phase trains on ``public`` data, on ``private`` data with DP-AdamW (the accountant counts
-    those steps, private_steps of them), or on ``all`` the data without privacy. A public phase
-    lasts public_steps (or ends on a plateau, ``dp.switch``); an ``all`` phase public_steps +
-    private_steps.
+    A phase trains on ``public`` data, on ``private`` data through the per-sample clipping engine
+    (Poisson batches, private_steps of them: DP-AdamW when ``noised``, the accountant counting the
+    steps), or on ``all`` the data without privacy. A public phase lasts public_steps (or ends on a
+    plateau, ``dp.switch``); an ``all`` phase public_steps + private_steps.
     """
 
     name: str
@@ -635,16 +635,25 @@ class DPMethod:
     public_weight: Optional[str] = None
     """Mixing baselines: each DP step adds a public batch's gradient, weighed α_t by ``ratio``
     (the public share of all sequences) or ``cosine`` (½(1 + cos(π t / T)), decaying)."""
+    clipped: bool = True
+    """Its private steps clip per sample (``dp.clipping``); false: the plain sum over the batch."""
+    noised: bool = True
+    """Its private steps add the Gaussian noise (σ planned for ``dp.target_epsilon``); false: σ = 0."""
 
     @property
     def private(self) -> bool:
-        """Trains on private data under DP: it has a budget and spends it."""
+        """Trains on the private split through the clipping engine (a private phase)."""
         return "private" in self.phases
 
     @property
+    def budgeted(self) -> bool:
+        """Trains on private data under DP: it has a budget and spends it (one run per ε)."""
+        return self.private and self.noised
+
+    @property
     def bounded(self) -> bool:
-        """Its privacy loss is bounded (ε is reported); an ``all`` phase trains on private data without DP."""
-        return "all" not in self.phases
+        """Its privacy loss is bounded (ε is reported): it trains on private data only under DP."""
+        return "all" not in self.phases and (not self.private or self.noised)
 
     def steps(self, public_steps: int, private_steps: int) -> int:
         """Optimizer steps of the whole run (at most: a public phase may end early)."""
@@ -653,11 +662,15 @@ class DPMethod:
 
 
 #: The ``job: dp`` methods; a DP comparison's ``<method>@<ε>`` keys use their names.
+#: nondp_continual and clip_only are dp_continual's ablation from the same switch, steps and
+#: schedule: no clipping and no noise, clipping and no noise (no privacy either way).
 DP_METHODS = {m.name: m for m in (
     DPMethod("nondp", ("all",)),
     DPMethod("public_only", ("public",)),
     DPMethod("dp_scratch", ("private",)),
     DPMethod("dp_continual", ("public", "private")),
+    DPMethod("nondp_continual", ("public", "private"), clipped=False, noised=False),
+    DPMethod("clip_only", ("public", "private"), noised=False),
     DPMethod("mix", ("private",), public_weight="ratio"),
     DPMethod("dpmd", ("private",), public_weight="cosine"),
 )}
@@ -691,8 +704,13 @@ class DPConfig:
 
     method: str = "dp_continual"
     """``nondp`` (all data, no privacy), ``public_only``, ``dp_scratch`` (DP from the initial model),
-    ``dp_continual`` (public phase, then DP-AdamW on the private split), or the mixing baselines
+    ``dp_continual`` (public phase, then DP-AdamW on the private split), its ablations
+    ``nondp_continual`` (no clipping, σ = 0) and ``clip_only`` (σ = 0), or the mixing baselines
     ``mix`` (sample-ratio public weight) and ``dpmd`` (cosine-decayed public weight)."""
+    start_from: Optional[str] = None
+    """Continual methods: skip the public phase and switch at this checkpoint of a ``public_only``
+    run (its ``checkpoints/final``: weights, AdamW state, step count), so several runs share one
+    switch point (``job: compare_dp`` does this)."""
     target_epsilon: float = 8.0
     """The privacy budget ε of the private phase (dp_scratch, dp_continual)."""
     delta: Optional[float] = None
@@ -707,6 +725,17 @@ class DPConfig:
     """``rdp`` or ``prv`` (Opacus's accountants)."""
     max_grad_norm: float = 1.0
     """R, the per-sample clipping bound."""
+    clipping: str = "flat"
+    """``flat``: c_i = min(1, R/‖g_i‖) (Abadi et al.); ``automatic``: c_i = R/(‖g_i‖ + 0.01), every
+    example normalised (Bu et al. 2023; book-keeping engine). Both bound the sensitivity by R."""
+    optimizer: str = "adamw"
+    """The private phase's optimizer: ``adamw``, or ``adambc`` (DP-AdamBC, Tang et al. 2024: fresh
+    moments, the noise variance (σR/B)² subtracted from Adam's second moment; privacy/adambc.py)."""
+    switch_state: str = "keep"
+    """AdamW's state at the switch: ``keep`` (first moment reset, second moment and step kept) or
+    ``reset`` (all of it: a fresh AdamW)."""
+    private_warmup: int = 0
+    """Linear learning-rate warm-up over the first this many private steps (0: none)."""
     batch_size: int = 256
     """Logical batch: expected size of a Poisson batch (private phase), exact size otherwise."""
     physical_batch: int = 0
@@ -764,6 +793,15 @@ class DPConfig:
             raise ConfigError("noise_multiplier", f"must be > 0, got {self.noise_multiplier}")
         if self.accountant not in ("rdp", "prv"):
             raise ConfigError("accountant", f"must be 'rdp' or 'prv', got {self.accountant!r}")
+        for name, allowed in (("clipping", ("flat", "automatic")), ("optimizer", ("adamw", "adambc")),
+                              ("switch_state", ("keep", "reset"))):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(name, f"must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.private_warmup < 0:
+            raise ConfigError("private_warmup", f"must be ≥ 0, got {self.private_warmup}")
+        if self.start_from is not None and DP_METHODS[self.method].phases != ("public", "private"):
+            raise ConfigError("start_from", f"only a continual method (public then private phase) starts from a "
+                                            f"public_only checkpoint, not {self.method!r}")
         if self.switch not in ("step", "plateau"):
             raise ConfigError("switch", f"must be 'step' or 'plateau', got {self.switch!r}")
         if self.grad_sample_mode not in ("auto", "bookkeeping", "ghost", "hooks"):

@@ -12,8 +12,13 @@ schedule of phases over one model and one AdamW:
   dp_scratch    private_steps DP-AdamW steps on the private split, from the initial model
   dp_continual  non-private steps on the public split until the switch (``switch=step``: after
                 public_steps; ``plateau``: when the loss on a held-out tenth of the public split
-                stops improving, at most public_steps), then private_steps DP-AdamW steps. At the switch the privacy engine
-                wraps the same AdamW, whose first moment is reset (second moment and step kept).
+                stops improving, at most public_steps; ``start_from``: a public_only checkpoint),
+                then private_steps DP-AdamW steps. At the switch the privacy engine wraps the same
+                AdamW, whose first moment is reset (``switch_state=keep``: second moment and step
+                kept; ``reset``: a fresh AdamW), or a fresh DP-AdamBC (``optimizer=adambc``).
+  nondp_continual, clip_only
+                dp_continual's private steps with σ = 0, without clipping / with it: the ablation
+                that prices clipping and noise from the same switch, steps and schedule.
   mix, dpmd     private_steps steps from the initial model on g = (1 − α_t) g̃_private + α_t g_public
                 (public gradients cost no privacy): ``mix`` with the sample ratio α = n_pub / n_all,
                 ``dpmd`` with a cosine-decayed public weight α_t = ½ (1 + cos(π t / T)).
@@ -40,6 +45,7 @@ from framework.losses import lm_loss
 from framework.models import accelerator, group_backend, load_policy
 from privacy import corpus as corpus_lib
 from privacy.accounting import Budget, plan_noise
+from privacy.adambc import DPAdamBC
 from privacy.audit import audit
 from privacy.diagnostics import curvature_diagnostics
 from privacy.engine import layer_report, make_engine, resolve_mode
@@ -53,6 +59,8 @@ class DPLearner:
                  plateau_window: int, plateau_tol: float, target_epsilon: float, delta: float | None,
                  noise_multiplier: float | None, stop_at_budget: bool, accountant: str, max_grad_norm: float,
                  grad_sample_mode: str, eval_sequences: int, diag_batch: int, hutchinson_probes: int,
+                 clipping: str = "flat", optimizer: str = "adamw", switch_state: str = "keep",
+                 private_warmup: int = 0, start_from: str | None = None,
                  threads: int = 1, workers: int = 1, rank: int = 0, init_method: str | None = None):
         if method not in DP_METHODS:
             raise InputError(f"dp.method must be one of {tuple(DP_METHODS)}, got {method!r}")
@@ -70,41 +78,27 @@ class DPLearner:
         self.public_steps, self.private_steps = public_steps, private_steps
         self.switch, self.plateau_window, self.plateau_tol = switch, plateau_window, plateau_tol
         self.max_grad_norm, self.grad_sample_mode = max_grad_norm, grad_sample_mode
+        self.clipping = clipping if self.spec.clipped else "none"
+        self.optimizer_name, self.switch_state, self.private_warmup = optimizer, switch_state, private_warmup
+        self.weight_decay = weight_decay
         self.eval_sequences, self.diag_batch, self.probes = eval_sequences, diag_batch, hutchinson_probes
 
         self.model, self.tokenizer = load_policy(model_path)
         self.model.to(self.device)
-        if self.model.config.max_position_embeddings < seq_len:
-            raise InputError(f"dp.corpus.seq_len={seq_len} exceeds the model's "
-                             f"max_position_embeddings={self.model.config.max_position_embeddings}")
-        splits = corpus_lib.split_documents(corpus_lib.stdlib_documents(), public_fraction=public_fraction,
-                                            eval_fraction=eval_fraction, max_chars=max_chars)
-        pack = lambda texts: torch.from_numpy(corpus_lib.pack(texts, self.tokenizer, seq_len=seq_len))
-        public, self.eval_data = pack(splits.public), pack(splits.eval)
-        # a tenth of the public split is held out to decide the switch (public data only)
-        held = torch.arange(len(public)) % 10 == 0
-        self.public, self.public_val = public[~held], public[held]
-        self.canaries = corpus_lib.make_canaries(canaries, seed=seed)
-        self.coins = corpus_lib.canary_coins(canaries, seed=seed)
-        self.canary_data = torch.from_numpy(corpus_lib.canary_sequences(self.canaries, self.tokenizer,
-                                                                        seq_len=seq_len))
-        private = torch.cat([pack(splits.private), self.canary_data[torch.from_numpy(self.coins)]])
-        if min(len(self.public), len(private), len(self.eval_data)) < 1:
-            raise InputError("dp.corpus: a split is empty (raise dp.corpus.max_chars)")
-        if batch_size > len(private):
-            raise InputError(f"dp.batch_size={batch_size} exceeds the {len(private)} private sequences")
-        self.private_total = len(private)
-        # each worker owns a shard; Poisson sampling of every shard at rate q is Poisson sampling
-        # of the whole private set at rate q, which is what the accountant assumes
-        self.private = private[rank::workers]
+        self._load_data(public_fraction=public_fraction, eval_fraction=eval_fraction, max_chars=max_chars,
+                        seq_len=seq_len, canaries=canaries)
 
         if self.spec.private:  # what cannot be made private fails now, not at the switch
-            check_model(self.model, resolve_mode(self.model, grad_sample_mode))
+            mode = resolve_mode(self.model, grad_sample_mode)
+            check_model(self.model, mode)
+            if self.clipping != "flat" and mode != "bookkeeping":
+                raise InputError(f"{'dp.clipping=automatic' if self.spec.clipped else f'dp.method={method}'} needs "
+                                 f"the book-keeping engine (dp.grad_sample_mode=bookkeeping or auto), not {mode!r}")
         self.sample_rate = batch_size / self.private_total
         self.delta = delta if delta is not None else 1 / (10 * self.private_total)
         self.noise_multiplier = 0.0
         self.budget = None
-        if self.spec.private:
+        if self.spec.budgeted:
             # the budget, and σ: the smallest that fits private_steps into it, or the given one if
             # its schedule fits (else refused, unless the run is to stop at the budget)
             self.budget = Budget(target_epsilon=target_epsilon, delta=self.delta, accountant=accountant)
@@ -122,11 +116,42 @@ class DPLearner:
         self.step_count = 0      # optimizer steps taken
         self.private_taken = 0   # DP steps taken
         self.public_val_losses: list[float] = []  # the plateau test's history
+        self.started_from = None
         self._batch = None
         self._all = None
         self._unaccounted = False
+        if start_from:
+            self._restore_public(Path(start_from))
         if self.phase == "private":
             self._attach()
+
+    def _load_data(self, *, public_fraction: float, eval_fraction: float, max_chars: int | None, seq_len: int,
+                   canaries: int) -> None:
+        """The splits, packed with the model's tokenizer: public (a tenth held out), held-out
+        evaluation, canaries, and this worker's shard of the private split (with its canaries)."""
+        if self.model.config.max_position_embeddings < seq_len:
+            raise InputError(f"dp.corpus.seq_len={seq_len} exceeds the model's "
+                             f"max_position_embeddings={self.model.config.max_position_embeddings}")
+        splits = corpus_lib.split_documents(corpus_lib.stdlib_documents(), public_fraction=public_fraction,
+                                            eval_fraction=eval_fraction, max_chars=max_chars)
+        pack = lambda texts: torch.from_numpy(corpus_lib.pack(texts, self.tokenizer, seq_len=seq_len))
+        public, self.eval_data = pack(splits.public), pack(splits.eval)
+        # a tenth of the public split is held out to decide the switch (public data only)
+        held = torch.arange(len(public)) % 10 == 0
+        self.public, self.public_val = public[~held], public[held]
+        self.canaries = corpus_lib.make_canaries(canaries, seed=self.seed)
+        self.coins = corpus_lib.canary_coins(canaries, seed=self.seed)
+        self.canary_data = torch.from_numpy(corpus_lib.canary_sequences(self.canaries, self.tokenizer,
+                                                                        seq_len=seq_len))
+        private = torch.cat([pack(splits.private), self.canary_data[torch.from_numpy(self.coins)]])
+        if min(len(self.public), len(private), len(self.eval_data)) < 1:
+            raise InputError("dp.corpus: a split is empty (raise dp.corpus.max_chars)")
+        if self.batch_size > len(private):
+            raise InputError(f"dp.batch_size={self.batch_size} exceeds the {len(private)} private sequences")
+        self.private_total = len(private)
+        # each worker owns a shard; Poisson sampling of every shard at rate q is Poisson sampling
+        # of the whole private set at rate q, which is what the accountant assumes
+        self.private = private[self.rank::self.workers]
 
     def describe(self) -> dict:
         """What the driver may know: sizes, the mechanism, the layer report (no private content)."""
@@ -134,7 +159,8 @@ class DPLearner:
         return {"method": self.method, "public_sequences": len(self.public), "private_sequences": self.private_total,
                 "eval_sequences": len(self.eval_data), "canaries": len(self.canaries),
                 "sample_rate": self.sample_rate, "delta": self.delta, "noise_multiplier": self.noise_multiplier,
-                "max_grad_norm": self.max_grad_norm, "grad_sample_mode": mode,
+                "max_grad_norm": self.max_grad_norm, "grad_sample_mode": mode, "clipping": self.clipping,
+                "optimizer": self.optimizer_name, "switch_state": self.switch_state, "started_from": self.started_from,
                 "layers": layer_report(self.model, mode) if self.spec.private else {},
                 "parameters": sum(p.numel() for p in self.model.parameters())}
 
@@ -147,27 +173,61 @@ class DPLearner:
 
     def _public_finished(self) -> bool:
         """The public phase ends after public_steps, or (``plateau``) once the held-out public
-        loss improved by less than plateau_tol (relative) since its last check."""
-        if self.step_count >= self.public_steps:
+        loss improved by less than plateau_tol (relative) since its last check, or at once when the
+        run starts from a public_only checkpoint."""
+        if self.step_count >= self.public_steps or self.started_from is not None:
             return True
         v = self.public_val_losses
         return self.switch == "plateau" and len(v) >= 2 and v[-1] > v[-2] * (1 - self.plateau_tol)
 
+    def _restore_public(self, d: Path) -> None:
+        """Start at the end of a public_only run's public phase: its weights, AdamW state, step
+        count and plateau history (the switch happens at the first ``sample``)."""
+        state = json.loads((d / "learner.json").read_text())
+        if state["method"] != "public_only" or state["phase"] != "public":
+            raise InputError(f"dp.start_from: {d} is a checkpoint of {state['method']!r} in its {state['phase']} "
+                             f"phase, not of a public_only run")
+        weights = load_file(str(d / "policy" / "model.safetensors"))
+        missing = set(self.model.state_dict()) - set(weights)
+        if missing or any(weights[k].shape != v.shape for k, v in self.model.state_dict().items() if k in weights):
+            raise InputError(f"dp.start_from: {d} holds another model's weights (missing or mismatched: "
+                             f"{sorted(missing)[:3] or 'shapes'}); use the same model and corpus settings")
+        self.model.load_state_dict(weights)
+        load_optimizer(self.optimizer, d)
+        self.step_count, self.public_val_losses = state["step_count"], state["public_val_losses"]
+        self.started_from = str(d)
+
     def _attach(self) -> None:
-        """Switch to private training: fresh DP wrapper around the same AdamW, first moment reset."""
+        """Switch to private training: the optimizer's state as ``switch_state`` / ``optimizer``
+        say, the private learning rate, and the clipping engine around the optimizer."""
+        if self.optimizer_name == "adambc":  # fresh moments, the noise variance (σR/B)² subtracted
+            self.optimizer = DPAdamBC(self.model.parameters(), lr=self.private_lr, weight_decay=self.weight_decay,
+                                      noise_variance=self.noise_variance())
+        elif self.switch_state == "reset":
+            self.optimizer.state.clear()
         for state in self.optimizer.state.values():
             if "exp_avg" in state:
                 state["exp_avg"].zero_()
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.private_lr
+        self._set_private_lr()
         self.optimizer.zero_grad(set_to_none=True)
         self._wrap()
         self.phase = "private"
 
+    def noise_variance(self) -> float:
+        """Φ = (σR/B)²: the per-coordinate variance of the noise in the private gradient."""
+        return (self.noise_multiplier * self.max_grad_norm / self.batch_size) ** 2
+
+    def _set_private_lr(self) -> None:
+        """The private phase's learning rate for the next private step (with its linear warm-up)."""
+        scale = min(1.0, (self.private_taken + 1) / self.private_warmup) if self.private_warmup else 1.0
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.private_lr * scale
+
     def _wrap(self) -> None:
         self.engine = make_engine(self.model, self.optimizer, noise_multiplier=self.noise_multiplier,
                                   max_grad_norm=self.max_grad_norm, expected_batch_size=self.batch_size / self.workers,
-                                  mode=self.grad_sample_mode, generator=self.noise, distributed=self.workers > 1)
+                                  mode=self.grad_sample_mode, generator=self.noise, distributed=self.workers > 1,
+                                  clipping=self.clipping)
 
     # --- the stages ------------------------------------------------------------------------
     def sample(self) -> dict:
@@ -175,7 +235,8 @@ class DPLearner:
         if self.phase == "public" and self.spec.private and self._public_finished():
             self._attach()  # the public phase is over: the private one follows
         if self.phase == "private":
-            if not self.budget.allows(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate):
+            if self.budget is not None and not self.budget.allows(noise_multiplier=self.noise_multiplier,
+                                                                  sample_rate=self.sample_rate):
                 return {"phase": "private", "stop": (
                     f"privacy budget: one more step would spend more than ε={self.budget.target_epsilon} "
                     f"(δ={self.delta:.3g}); stopped after {self.private_taken} private steps at "
@@ -195,6 +256,7 @@ class DPLearner:
             raise RuntimeError("update() without sample()")
         batch = batch.to(self.device)
         if self.phase == "private":
+            self._set_private_lr()
             if self.spec.public_weight:
                 self._mixed_gradient(batch)
             else:
@@ -284,10 +346,13 @@ class DPLearner:
                 public = self._average(list(public))
         for p, g_priv, g_pub in zip(params, private, public):
             p.grad = (1 - alpha) * g_priv + alpha * g_pub
+        for group in self.optimizer.param_groups:  # DP-AdamBC: the noise is scaled by 1 − α too
+            if "noise_variance" in group:
+                group["noise_variance"] = (1 - alpha) ** 2 * self.noise_variance()
 
     def account(self) -> dict:
         """Record the step just taken with the accountant (the ``account`` stage)."""
-        if self._unaccounted:
+        if self._unaccounted and self.budget is not None:
             self.budget.step(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate)
             self._unaccounted = False
         return self.status()
@@ -323,10 +388,14 @@ class DPLearner:
         return out
 
     def diagnostics(self) -> dict:
+        """The one-step analysis of the next update on a held-out batch (never private data): the
+        clipping, the mini-batch and noise terms, plain and preconditioned by the optimizer's
+        current second moment (privacy/diagnostics.py)."""
         g = torch.Generator().manual_seed(self.seed + 17 + self.step_count)
         idx = torch.randperm(len(self.eval_data), generator=g)[: self.diag_batch]
         batch = self.eval_data[idx].to(self.device)
         params = [p for p in self.model.parameters() if p.requires_grad]
+        private = self.phase == "private"
         self.model.eval()
         paused = self.engine.paused() if self.engine is not None else contextlib.nullcontext()
         try:
@@ -334,15 +403,34 @@ class DPLearner:
                 if hasattr(self.model, "set_attn_implementation"):
                     self.model.set_attn_implementation("eager")  # double backward through attention
                 out = curvature_diagnostics(
-                    lambda: lm_loss(logits=self.model(input_ids=batch).logits, input_ids=batch).mean(), params,
-                    noise_multiplier=self.noise_multiplier if self.phase == "private" else 0.0,
-                    max_grad_norm=self.max_grad_norm, batch_size=self.batch_size, probes=self.probes, generator=g)
+                    lambda rows: lm_loss(logits=self.model(input_ids=batch[rows]).logits, input_ids=batch[rows]),
+                    params, n=len(batch), noise_multiplier=self.noise_multiplier if private else 0.0,
+                    max_grad_norm=self.max_grad_norm, batch_size=self.batch_size,
+                    clipping=self.clipping if private else "none", preconditioner=self._preconditioner(params),
+                    probes=self.probes, generator=g)
         finally:
             if hasattr(self.model, "set_attn_implementation"):
                 self.model.set_attn_implementation("sdpa")
             for p in params:
                 p.grad = None
         return out
+
+    def _preconditioner(self, params: list[torch.Tensor]) -> list[torch.Tensor] | None:
+        """P = the per-coordinate step scale of the optimizer's next update: 1/(√v̂ + eps) for AdamW,
+        1/√max(v̂ − Φ, γ') for DP-AdamBC; None before its first step (no second moment yet)."""
+        out = []
+        for group in self.optimizer.param_groups:
+            beta2, eps = group["betas"][1], group["eps"]
+            for p in group["params"]:
+                state = self.optimizer.state.get(p, {})
+                if "exp_avg_sq" not in state or float(state["step"]) == 0:
+                    return None
+                v_hat = state["exp_avg_sq"] / (1 - beta2 ** float(state["step"]))
+                if "noise_variance" in group:
+                    out.append((v_hat - group["noise_variance"]).clamp(min=eps).rsqrt())
+                else:
+                    out.append(1 / (v_hat.sqrt() + eps))
+        return out if len(out) == len(params) else None
 
     def audit(self) -> dict:
         """One-run audit over the canaries (score = −loss): an empirical ε lower bound at 95%."""
@@ -378,6 +466,9 @@ class DPLearner:
             self.engine = None
         weights = load_file(str(d / "policy" / "model.safetensors"))
         self.model.load_state_dict(weights, strict=False)
+        if state["phase"] == "private" and self.optimizer_name == "adambc" and not isinstance(self.optimizer, DPAdamBC):
+            self.optimizer = DPAdamBC(self.model.parameters(), lr=self.private_lr, weight_decay=self.weight_decay,
+                                      noise_variance=self.noise_variance())
         load_optimizer(self.optimizer, d)
         rng = load_file(str(d / f"rng-{self.rank}.safetensors"))
         self.sampler.set_state(rng["sampler"])

@@ -8,19 +8,20 @@ What the cases need once — a finished 12-iteration self-play run (its checkpoi
 are corrupted in copies) and a finished DP run — is built per module by the CLI itself. Each CLI
 start spends ~4 s importing torch, Ray and transformers, so the cases run two at a time.
 
-The catalogue, 86 cases, by category:
+The catalogue, 90 cases, by category:
 
-    config       25   values of the wrong type, out of range, unknown keys and names
+    config       27   values of the wrong type, out of range, unknown keys and names
     files        22   config files, demonstrations, task files, model directories
     judges       16   a user's judge module (syntax, import, constructor), kwargs, kinds; model
                      paths, LLM endpoints, keys and templates; train_judge data (issue 16)
-    checkpoints  11   corrupt or foreign checkpoints on resume, shortening a run
+    checkpoints  13   corrupt or foreign checkpoints on resume, shortening a run
     paths         7   unwritable run and cache directories, eval arguments
     dp budgets    5   schedules and batches the privacy budget or the corpus cannot hold
 
 Run on the code before the issue-15 fixes (the same cases), 39 were clear, 33 unclear (a
 traceback, a crash, more than one line, a wrong key named, or the run directory written first)
-and 2 accepted silently (resuming with fewer iterations or DP steps); now all 74 are clear; issue 16 added 8 judge cases, issue 17 four.
+and 2 accepted silently (resuming with fewer iterations or DP steps); now all 74 are clear; issue 16 added 8 judge cases, issue 17 four, the DP
+ablation options four.
 """
 
 from __future__ import annotations
@@ -137,6 +138,10 @@ CASES = [
     Case("unknown task.name", "config", sp("task.name=chess"), "task.name: unknown task 'chess'"),
     Case("unknown model.dtype", "config", sp("model.dtype=float16"), "model.dtype: must be one of"),
     Case("unknown dp.accountant", "config", dp("dp.accountant=gdp"), "dp.accountant: must be 'rdp' or 'prv'"),
+    Case("unknown dp.clipping", "config", dp("dp.clipping=per_layer"),
+         "dp.clipping: must be one of ('flat', 'automatic'), got 'per_layer'"),
+    Case("dp.start_from for a method without a switch", "config", dp("dp.method=dp_scratch", "dp.start_from={t}"),
+         "dp.start_from: only a continual method (public then private phase) starts from a public_only checkpoint"),
     Case("negative train.conversations", "config", sp("train.conversations=-1"), "train.conversations: must be ≥ 1"),
     Case("algo.k=1", "config", sp("algo.k=1"), "algo.k: must be ≥ 2"),
     # issue 17: the demonstration methods' settings
@@ -259,6 +264,12 @@ CASES = [
     Case("resume: fewer DP steps", "checkpoints", dp("resume=true", "dp.private_steps=2"),
          "resume=true with dp.public_steps=4, dp.private_steps=2, but {t}/run already has 8 steps (4 private)",
          start="dp"),
+    Case("dp.start_from: no checkpoint there", "checkpoints", dp("dp.start_from={t}/nowhere"),
+         "dp.start_from: {t}/nowhere is not a checkpoint of a job: dp run"),
+    Case("dp.start_from: not a public_only checkpoint", "checkpoints",
+         dp("dp.start_from={t}/run/checkpoints/final", run_dir="{t}/new"),
+         "dp.start_from: {t}/run/checkpoints/final is a checkpoint of 'dp_continual', not of a public_only run",
+         start="dp", watch="{t}/new"),
     Case("resume: another experiment", "checkpoints", sp("resume=true", "algo.eta=2"), "algo.eta differ from",
          start="selfplay"),
 

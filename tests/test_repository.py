@@ -63,7 +63,8 @@ def tier(name: str) -> str:
 
 #: privacy/ from the bottom up: an import may only reach a lower layer
 PRIVACY_LAYERS = {"privacy": 0, "privacy.accounting": 0, "privacy.audit": 0, "privacy.corpus": 0,
-                  "privacy.diagnostics": 0, "privacy.engine.checks": 0, "privacy.engine.bookkeeping": 1,
+                  "privacy.adambc": 0, "privacy.engine.checks": 0,
+                  "privacy.engine.clipping": 0, "privacy.diagnostics": 1, "privacy.engine.bookkeeping": 1,
                   "privacy.engine.opacus": 1, "privacy.engine.factory": 2, "privacy.engine": 3, "privacy.learner": 4}
 
 

@@ -58,10 +58,27 @@ def preflight(cfg: Config, run_dir: Path) -> None:
                                  canaries=d.canaries, seed=cfg.seed)
     if d.batch_size > n:
         raise InputError(f"dp.batch_size={d.batch_size} exceeds the {n} private sequences")
-    if method.private:
+    if cfg.dp.start_from:
+        check_public_checkpoint(Path(cfg.dp.start_from))
+    if method.budgeted:
         plan_noise(private_sequences=n, batch_size=d.batch_size, private_steps=d.private_steps,
                    target_epsilon=d.target_epsilon, delta=d.delta, noise_multiplier=d.noise_multiplier,
                    stop_at_budget=d.stop_at_budget, accountant=d.accountant)
+
+
+def check_public_checkpoint(d: Path) -> None:
+    """``dp.start_from`` is a checkpoint of a public_only run (its learner.json and weights)."""
+    state = d / "learner.json"
+    if not state.is_file() or not (d / "policy" / "model.safetensors").is_file():
+        raise InputError(f"dp.start_from: {d} is not a checkpoint of a job: dp run (expected learner.json and "
+                         f"policy/model.safetensors; a public_only run's checkpoints/final)")
+    try:
+        taken = json.loads(state.read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(f"dp.start_from: {state} is not valid JSON ({e.msg}, line {e.lineno})") from None
+    if not isinstance(taken, dict) or taken.get("method") != "public_only":
+        method = taken.get("method") if isinstance(taken, dict) else None
+        raise InputError(f"dp.start_from: {d} is a checkpoint of {method!r}, not of a public_only run")
 
 
 def prepare_model(cfg: Config) -> str:
@@ -127,8 +144,9 @@ def begin(cfg: Config, cluster, learner: Handle[DPLearner], every: Callable, run
         elapsed, switch_step = state.get("wall_s", 0.0), state.get("switch_step")
         truncate(run_dir, state["iteration"])
     summary.update(method=cfg.dp.method, model=model_path, **{k: info[k] for k in (
-        "noise_multiplier", "delta", "sample_rate", "max_grad_norm", "grad_sample_mode", "public_sequences",
-        "private_sequences", "eval_sequences", "canaries", "parameters")}, layers=info["layers"])
+        "noise_multiplier", "delta", "sample_rate", "max_grad_norm", "grad_sample_mode", "clipping", "optimizer",
+        "switch_state", "started_from", "public_sequences", "private_sequences", "eval_sequences", "canaries",
+        "parameters")}, layers=info["layers"])
     if "start" not in summary:
         summary["start"] = cluster.get(learner.call(DPLearner.evaluate))
     write_summary(run_dir, summary)

@@ -9,7 +9,8 @@ never forms the (unclipped) weight gradients. From the stored a and g, per layer
     ghost norm      ‖Σ_t g_tᵀ a_t‖² = Σ_{t,s} (a_t·a_s)(g_t·g_s)      cost B·T²·(p + d)
     instantiation   G_i = g_iᵀ a_i, then ‖G_i‖²                        cost B·T·p·d (memory B·p·d)
   (ghost when 2T² < p·d); an Embedding's ghost form uses [idx_t = idx_s] in place of a_t·a_s;
-- after the norms of all layers give the clip factors c_i = min(1, R / (‖G_i‖ + 1e-6)), the
+- after the norms of all layers give the clip factors c_i (``clipping``: flat
+  c_i = min(1, R / (‖G_i‖ + 1e-6)), automatic R / (‖G_i‖ + 0.01); privacy/engine/clipping.py), the
   clipped sum Σ_i c_i G_i = (c∘g)ᵀ a — one matmul from the same stored tensors (no second
   backward pass; with instantiation, Σ_i c_i G_i directly).
 
@@ -31,6 +32,7 @@ from torch import nn
 from framework.errors import InputError
 from framework.losses import lm_loss
 from privacy.engine.checks import check_model, is_rmsnorm, refuse_aggregated, tied_parameters
+from privacy.engine.clipping import clip_factors
 
 
 def _rmsnorm_input(module: nn.Module, a: torch.Tensor) -> torch.Tensor:
@@ -56,13 +58,17 @@ class BookKeepingEngine:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, noise_multiplier: float,
                  max_grad_norm: float, expected_batch_size: float, generator: torch.Generator | None = None,
-                 distributed: bool = False, loss_fn=None):
+                 distributed: bool = False, loss_fn=None, clipping: str = "flat"):
         if noise_multiplier < 0 or not max_grad_norm > 0 or not expected_batch_size > 0:
             raise InputError(f"need noise_multiplier ≥ 0, max_grad_norm > 0 and expected_batch_size > 0, got "
                              f"{noise_multiplier}, {max_grad_norm}, {expected_batch_size}")
         if tied := tied_parameters(model):
             raise InputError(f"book-keeping clipping needs untied parameters, but these are tied: {', '.join(tied)}")
         check_model(model, "hooks")
+        if clipping == "none" and noise_multiplier > 0:
+            raise InputError("unclipped gradients have no sensitivity bound: noise needs clipping='flat' or 'automatic'")
+        clip_factors(torch.ones(1), max_grad_norm, clipping)  # (an unknown rule fails here)
+        self.clipping = clipping
         self.model, self.optimizer = model, optimizer
         self.noise_multiplier, self.max_grad_norm = noise_multiplier, max_grad_norm
         self.expected_batch_size, self.generator, self.distributed = expected_batch_size, generator, distributed
@@ -200,7 +206,7 @@ class BookKeepingEngine:
             if len(chunk) == 0:
                 continue
             loss, sq, parts = self._per_layer(chunk.contiguous())
-            c = (self.max_grad_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
+            c = clip_factors(sq.sqrt(), self.max_grad_norm, self.clipping)
             for p, grad in self._clipped_sum(c, parts).items():
                 if p in summed:
                     summed[p] += grad

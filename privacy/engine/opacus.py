@@ -40,13 +40,15 @@ class PrivateEngine:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, noise_multiplier: float,
                  max_grad_norm: float, expected_batch_size: float, mode: str = "auto",
-                 generator: torch.Generator | None = None, distributed: bool = False):
+                 generator: torch.Generator | None = None, distributed: bool = False, clipping: str = "flat"):
         from opacus.grad_sample.utils import prepare_module
         from opacus.optimizers import get_optimizer_class
 
         if noise_multiplier < 0 or not max_grad_norm > 0 or not expected_batch_size > 0:
             raise InputError(f"need noise_multiplier ≥ 0, max_grad_norm > 0 and expected_batch_size ≥ 1, got "
                              f"{noise_multiplier}, {max_grad_norm}, {expected_batch_size}")
+        if clipping != "flat":
+            raise InputError(f"Opacus's engines clip flat only; clipping={clipping!r} needs the book-keeping engine")
         if mode not in MODES:
             raise InputError(f"Opacus's grad_sample_mode must be one of {MODES}, got {mode!r}")
         self.mode = ("hooks" if tied_parameters(model) else "ghost") if mode == "auto" else mode

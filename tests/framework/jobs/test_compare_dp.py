@@ -8,16 +8,33 @@ from framework.jobs import compare_dp
 
 
 def test_compare_dp_writes_the_contract(dp_config, dp_model, tmp_path):
+    """Today's keys and the switch-point ablation: every continual run starts from public_only's
+    final checkpoint of its seed; targets.json holds the paired retained share and the costs."""
     cfg = dp_config("job=compare_dp", "pipeline.ray=false", "compare.seeds=[0]", "dp.switch=plateau",
-                    "dp.plateau_window=2", "compare.methods=[nondp,public_only,dp_scratch,dp_continual]",
+                    "dp.plateau_window=2", "compare.methods=[nondp,public_only,dp_scratch,dp_continual,"
+                    "nondp_continual,clip_only]",
                     "compare.variants={'8': ['dp.target_epsilon=8'], '2': ['dp.target_epsilon=2']}")
     compare_dp.run(cfg, tmp_path)
     table = json.loads((tmp_path / "comparison.json").read_text())
-    assert set(table) == {"nondp", "public_only", "dp_scratch@8", "dp_continual@8", "dp_scratch@2", "dp_continual@2"}
+    assert set(table) == {"nondp", "public_only", "dp_scratch@8", "dp_continual@8", "dp_scratch@2", "dp_continual@2",
+                          "nondp_continual", "clip_only"}
     for key, entry in table.items():
-        for metric in ("eval_ppl", "audit_eps_lower", "wall_s"):
+        for metric in ("eval_ppl", "eval_loss", "public_val_loss", "audit_eps_lower", "wall_s"):
             assert entry[metric] == entry[metric] and f"{metric}_std" in entry, (key, metric)
     assert table["nondp"]["epsilon"] is None and table["public_only"]["epsilon"] == 0
+    assert table["nondp_continual"]["epsilon"] is None and table["clip_only"]["epsilon"] is None
+    public = json.loads((tmp_path / "runs" / "public_only-seed0" / "summary.json").read_text())
+    for key in ("dp_continual@8", "dp_continual@2", "nondp_continual", "clip_only"):
+        run = json.loads((tmp_path / "runs" / f"{key}-seed0" / "summary.json").read_text())
+        assert run["started_from"].endswith("runs/public_only-seed0/checkpoints/final"), key
+        assert run["switch_step"] == public["final"]["steps"]
+        assert run["start"]["eval_loss"] == pytest.approx(public["final"]["eval_loss"], abs=1e-6)
+    targets = json.loads((tmp_path / "targets.json").read_text())
+    loss = {k: v["eval_loss"] for k, v in table.items()}
+    assert targets["clip_cost"]["mean"] == pytest.approx(loss["clip_only"] - loss["nondp_continual"])
+    assert targets["noise_cost@8"]["mean"] == pytest.approx(loss["dp_continual@8"] - loss["clip_only"])
+    assert targets["retained@2"]["mean"] == pytest.approx(
+        (loss["public_only"] - loss["dp_continual@2"]) / (loss["public_only"] - loss["nondp_continual"]))
     for eps in (8, 2):
         for method in ("dp_scratch", "dp_continual"):
             assert table[f"{method}@{eps}"]["epsilon"] == pytest.approx(eps, rel=1e-3)

@@ -133,3 +133,57 @@ def test_tied_parameters_are_refused():
     with pytest.raises(InputError, match="tied"):
         BookKeepingEngine(model, torch.optim.SGD(model.parameters(), lr=0.1), noise_multiplier=1.0,
                           max_grad_norm=1.0, expected_batch_size=4)
+
+
+def per_sample_gradients(model, x):
+    """The reference: each example's gradient by its own backward, flattened (B, P)."""
+    rows = []
+    for i in range(len(x)):
+        model.zero_grad()
+        per_sample_loss(model, x[i:i + 1]).sum().backward()
+        rows.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
+    model.zero_grad()
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("clipping", ["automatic", "none"])
+def test_automatic_and_no_clipping_give_the_hand_derived_gradient(clipping):
+    """automatic: Σ_i R g_i / (‖g_i‖ + 0.01) / B; none: Σ_i g_i / B (σ = 0: no noise to match)."""
+    x = torch.randn(6, 5, 7, generator=torch.Generator().manual_seed(2)) * torch.tensor([0.1, 1, 3, 10, 0.01, 1])[:, None, None]
+    a, b = seeded(lambda: Head(nn.Linear(7, 4), 4))(), seeded(lambda: Head(nn.Linear(7, 4), 4))()
+    g = per_sample_gradients(a, x)
+    R = 0.5
+    c = R / (g.norm(dim=1) + 0.01) if clipping == "automatic" else torch.ones(len(x))
+    want = (c[:, None] * g).sum(0) / len(x)
+    engine = BookKeepingEngine(b, torch.optim.SGD(b.parameters(), lr=0.0), noise_multiplier=0.0, max_grad_norm=R,
+                               expected_batch_size=len(x), loss_fn=per_sample_loss, clipping=clipping)
+    engine.gradient(x)
+    torch.testing.assert_close(torch.cat([p.grad.reshape(-1) for p in engine.params]), want, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("clipping", ["flat", "automatic"])
+def test_one_example_moves_the_clipped_sum_by_less_than_r(clipping):
+    """The sensitivity the accountant assumes: whatever the example (gradient norms from 1e-3 to
+    1e3 here), its clipped contribution has norm < R, so σR noise gives the accountant's ε. Under
+    automatic clipping small gradients are scaled up toward R (normalised), not left as they are."""
+    R = 0.5
+    scales = [1e-3, 1e-1, 1.0, 1e1, 1e3]
+    x = torch.randn(len(scales), 5, 7, generator=torch.Generator().manual_seed(4)) * torch.tensor(scales)[:, None, None]
+    model = seeded(lambda: Head(nn.Linear(7, 4, bias=False), 4))()
+    raw = per_sample_gradients(model, x).norm(dim=1)
+    engine = BookKeepingEngine(model, torch.optim.SGD(model.parameters(), lr=0.0), noise_multiplier=0.0,
+                               max_grad_norm=R, expected_batch_size=1, loss_fn=per_sample_loss, clipping=clipping)
+    for i in range(len(x)):
+        engine.gradient(x[i:i + 1])
+        norm = float(torch.cat([p.grad.reshape(-1) for p in engine.params]).norm())
+        engine.zero_grad()
+        assert norm < R
+        want = R * raw[i] / (raw[i] + 0.01) if clipping == "automatic" else min(float(raw[i]), R)
+        assert norm == pytest.approx(float(want), rel=1e-3)
+
+
+def test_noise_without_clipping_is_refused():
+    model = Head(nn.Linear(3, 2), 2)
+    with pytest.raises(InputError, match="sensitivity"):
+        BookKeepingEngine(model, torch.optim.SGD(model.parameters(), lr=0.1), noise_multiplier=1.0,
+                          max_grad_norm=1.0, expected_batch_size=4, loss_fn=per_sample_loss, clipping="none")
