@@ -771,10 +771,13 @@ class DPConfig:
     """Held-out sequences per evaluation."""
     diagnostics: bool = True
     """Log GᵀG, GᵀHG, tr(H), the noise term and the predicted step at each evaluation."""
-    diag_batch: int = 64
-    """Held-out sequences for the curvature diagnostics."""
-    hutchinson_probes: int = 4
-    """Rademacher vectors for tr(H)."""
+    diag_batch: int = 32
+    """Held-out sequences for the curvature diagnostics (one backward each, then Hessian-vector
+    products through all of them)."""
+    hutchinson_probes: int = 2
+    """Rademacher vectors for tr(H) and tr(PHP)."""
+    covariance_samples: int = 4
+    """Held-out examples whose clipped gradients estimate the mini-batch term tr(HΣ)/B (≥ 2)."""
     threads: int = 2
     """torch threads of each DP worker."""
     workers: int = 1
@@ -813,6 +816,9 @@ class DPConfig:
             raise ConfigError("max_grad_norm", f"the clipping bound must be finite and > 0, got {self.max_grad_norm}")
         if not 0 < self.lr < math.inf:
             raise ConfigError("lr", f"must be finite and > 0, got {self.lr}")
+        if self.covariance_samples < 2 or self.covariance_samples > self.diag_batch:
+            raise ConfigError("covariance_samples", f"must be in [2, dp.diag_batch={self.diag_batch}], got "
+                                                    f"{self.covariance_samples}")
         for name in ("batch_size", "eval_every", "eval_sequences", "diag_batch", "hutchinson_probes", "threads",
                      "plateau_window", "workers"):
             if getattr(self, name) < 1:

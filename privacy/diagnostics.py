@@ -6,7 +6,8 @@ factors c_i = clip_factors(‖g_i‖, R, clipping) (privacy/engine/clipping.py),
 u_i = c_i g_i with mean G_c = (1/n) Σ u_i and sample covariance Σ_c = 1/(n−1) Σ (u_i − G_c)(u_i − G_c)ᵀ.
 
 The step. w ← w − η P G̃ with G̃ = (1/B) Σ_{i∈S} u_i + z, z ~ N(0, σ²R²/B² I), S a Poisson
-sample of expected size B, P = diag(p) Adam's preconditioner 1/(√v̂ + ε), held fixed over the
+sample of expected size B, P = diag(p) Adam's preconditioner 1/(√v̂ + ε) of that step (the DP
+learner passes a function of G_c: v̂ after the step in expectation, see ``preconditioner``), held fixed over the
 step (momentum ignored: this is the step of one fresh noisy gradient). P = I is DP-SGD.
 
 Moments. E[G̃] = G_c exactly (each example enters S with probability q = B/N, so
@@ -116,24 +117,27 @@ def _ratio(a: float, b: float) -> float:
 
 
 def curvature_diagnostics(losses_fn, params: Vec, *, n: int, noise_multiplier: float, max_grad_norm: float,
-                          batch_size: float, clipping: str = "flat", preconditioner: Vec | None = None,
+                          batch_size: float, clipping: str = "flat", preconditioner=None,
                           probes: int = 4, covariance_samples: int = 8,
                           generator: torch.Generator | None = None) -> dict:
     """The analysis above on n held-out examples. ``losses_fn(rows)``: per-sample losses (len(rows),)
     of the examples ``rows`` (int64 CPU indices into 0..n−1), differentiable in ``params``;
-    ``preconditioner``: p per parameter (P = diag(p)), identity when None; ``batch_size``: the
+    ``preconditioner``: p per parameter (P = diag(p)), or a function of G_c giving it (the step's
+    own second moment depends on its gradient), identity when None; ``batch_size``: the
     expected (Poisson) batch size B. Returns floats (see the module docstring for each key)."""
     params = list(params)
     k = min(covariance_samples, n)
     if k < 2 or probes < 1:
         raise ValueError(f"need ≥ 2 examples for the covariance term and ≥ 1 probe, got n={n}, "
                          f"covariance_samples={covariance_samples}, probes={probes}")
-    if preconditioner is not None and (len(preconditioner) != len(params) or
-                                       any(q.shape != p.shape for q, p in zip(preconditioner, params))):
-        raise ValueError("preconditioner must be one tensor per parameter, of the parameter's shape")
     sigma_r, b = noise_multiplier * max_grad_norm, float(batch_size)
     subset = set(torch.randperm(n, generator=generator)[:k].tolist())
     gc, kept, factors = _clipped_gradients(losses_fn, params, n, subset, max_grad_norm, clipping)
+    if callable(preconditioner):
+        preconditioner = preconditioner(gc)
+    if preconditioner is not None and (len(preconditioner) != len(params) or
+                                       any(q.shape != p.shape for q, p in zip(preconditioner, params))):
+        raise ValueError("preconditioner must be one tensor per parameter, of the parameter's shape")
     grads, hvp = _hvp(lambda: losses_fn(torch.arange(n)).mean(), params)
     probes_v = [[(torch.randint(0, 2, p.shape, generator=generator) * 2 - 1).to(device=p.device, dtype=p.dtype)
                  for p in params] for _ in range(probes)]

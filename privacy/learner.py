@@ -59,8 +59,8 @@ class DPLearner:
                  plateau_window: int, plateau_tol: float, target_epsilon: float, delta: float | None,
                  noise_multiplier: float | None, stop_at_budget: bool, accountant: str, max_grad_norm: float,
                  grad_sample_mode: str, eval_sequences: int, diag_batch: int, hutchinson_probes: int,
-                 clipping: str = "flat", optimizer: str = "adamw", switch_state: str = "keep",
-                 private_warmup: int = 0, start_from: str | None = None,
+                 covariance_samples: int = 4, clipping: str = "flat", optimizer: str = "adamw",
+                 switch_state: str = "keep", private_warmup: int = 0, start_from: str | None = None,
                  threads: int = 1, workers: int = 1, rank: int = 0, init_method: str | None = None):
         if method not in DP_METHODS:
             raise InputError(f"dp.method must be one of {tuple(DP_METHODS)}, got {method!r}")
@@ -82,6 +82,7 @@ class DPLearner:
         self.optimizer_name, self.switch_state, self.private_warmup = optimizer, switch_state, private_warmup
         self.weight_decay = weight_decay
         self.eval_sequences, self.diag_batch, self.probes = eval_sequences, diag_batch, hutchinson_probes
+        self.covariance_samples = covariance_samples
 
         self.model, self.tokenizer = load_policy(model_path)
         self.model.to(self.device)
@@ -407,7 +408,7 @@ class DPLearner:
                     params, n=len(batch), noise_multiplier=self.noise_multiplier if private else 0.0,
                     max_grad_norm=self.max_grad_norm, batch_size=self.batch_size,
                     clipping=self.clipping if private else "none", preconditioner=self._preconditioner(params),
-                    probes=self.probes, generator=g)
+                    probes=self.probes, covariance_samples=self.covariance_samples, generator=g)
         finally:
             if hasattr(self.model, "set_attn_implementation"):
                 self.model.set_attn_implementation("sdpa")
@@ -415,22 +416,31 @@ class DPLearner:
                 p.grad = None
         return out
 
-    def _preconditioner(self, params: list[torch.Tensor]) -> list[torch.Tensor] | None:
-        """P = the per-coordinate step scale of the optimizer's next update: 1/(√v̂ + eps) for AdamW,
-        1/√max(v̂ − Φ, γ') for DP-AdamBC; None before its first step (no second moment yet)."""
-        out = []
-        for group in self.optimizer.param_groups:
-            beta2, eps = group["betas"][1], group["eps"]
-            for p in group["params"]:
+    def _preconditioner(self, params: list[torch.Tensor]):
+        """P of the next step as a function of the clipped mean gradient G_c: the per-coordinate
+        scale 1/(√v̂' + eps) (AdamW) or 1/√max(v̂' − Φ, γ') (DP-AdamBC), with v̂' the bias-corrected
+        second moment after that step in expectation, (β₂ v + (1 − β₂)(G_c² + Φ)) / (1 − β₂^(t+1)),
+        Φ the noise's per-coordinate variance (the mini-batch variance left out). Today's v̂ alone
+        would be degenerate where the public phase never had a gradient (v = 0 → P = 1/eps)."""
+        groups = [(group, p) for group in self.optimizer.param_groups for p in group["params"]]
+        if len(groups) != len(params):
+            return None
+        phi = self.noise_variance() if self.phase == "private" else 0.0
+
+        def precondition(gc: list[torch.Tensor]) -> list[torch.Tensor]:
+            out = []
+            for (group, p), g in zip(groups, gc):
+                beta2, eps = group["betas"][1], group["eps"]
                 state = self.optimizer.state.get(p, {})
-                if "exp_avg_sq" not in state or float(state["step"]) == 0:
-                    return None
-                v_hat = state["exp_avg_sq"] / (1 - beta2 ** float(state["step"]))
+                v, t = (state["exp_avg_sq"], float(state["step"])) if "exp_avg_sq" in state else (torch.zeros_like(p), 0.0)
+                v_hat = (beta2 * v + (1 - beta2) * (g * g + phi)) / (1 - beta2 ** (t + 1))
                 if "noise_variance" in group:
                     out.append((v_hat - group["noise_variance"]).clamp(min=eps).rsqrt())
                 else:
                     out.append(1 / (v_hat.sqrt() + eps))
-        return out if len(out) == len(params) else None
+            return out
+
+        return precondition
 
     def audit(self) -> dict:
         """One-run audit over the canaries (score = −loss): an empirical ε lower bound at 95%."""

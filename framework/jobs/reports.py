@@ -12,7 +12,9 @@ import numpy as np
 
 from framework.errors import InputError
 
-DIAGNOSTICS = ("gtg", "gthg", "trace_h", "noise_term", "eta_star", "improvement_star")
+#: the DP report's one-step analysis columns (privacy/diagnostics.py): the clipped SGD terms, then Adam's
+DIAGNOSTICS = ("clip_mean", "signal", "clipped_gthg", "minibatch_term", "noise_term", "noise_to_signal",
+               "pre_signal", "pre_gthg", "pre_minibatch_term", "pre_noise_term", "pre_noise_to_signal", "pre_eta_star")
 #: ``job: compare``'s metrics per method and seed
 COMPARE_METRICS = ("win_rate_vs_sft", "exploitability", "samples", "wall_s", "correct")
 STAGES = ("generate", "judge", "build_batch", "update", "sync_weights", "checkpoint", "evaluate", "log")
@@ -130,9 +132,9 @@ def dp_report(run_dir: Path) -> Path:
         plot(run_dir / "epsilon.png", [("ε spent", [r["iteration"] for r in eps], [r["epsilon"] for r in eps], None)],
              "ε", "privacy spent (accountant)", xlabel="step")
     diag = {k: [(r["iteration"], abs(r[k])) for r in ev if r.get(k) is not None and r[k] == r[k]]
-            for k in ("gtg", "gthg", "noise_term")}
+            for k in ("pre_gthg", "pre_minibatch_term", "pre_noise_term")}
     plot(run_dir / "diagnostics.png", [(k, [x for x, _ in v], [y for _, y in v], None) for k, v in diag.items() if v],
-         "value (abs, log scale)", "GᵀG, GᵀHG and σ²R²tr(H)/B²", xlabel="step", yscale="log")
+         "value (abs, log scale)", "Adam-preconditioned second-order terms", xlabel="step", yscale="log")
     start, final = summary["start"], summary.get("final", {})
     audit = summary.get("audit") or {}
     lines = [f"# DP pre-training run: {summary['method']}", "",
@@ -161,10 +163,12 @@ def dp_report(run_dir: Path) -> Path:
     lines += ["![held-out loss](eval_loss.png)", ""]
     if eps:
         lines += ["![epsilon](epsilon.png)", ""]
-    lines += ["The one-step analysis: with update −η(G + noise), the expected improvement is "
-              "η GᵀG − η²/2 (GᵀHG + σ²R² tr(H)/B²), best at η* = GᵀG / (GᵀHG + σ²R² tr(H)/B²); all "
-              "measured on held-out data.", "", "![diagnostics](diagnostics.png)", ""]
-    diag = [r for r in ev if r.get("gtg") is not None]
+    lines += ["The one-step analysis of the next update −ηP G̃ (G̃: the clipped mean gradient G_c plus mini-batch "
+              "and Gaussian noise; P = diag(1/√v̂), Adam's preconditioner, or I): expected improvement "
+              "η GᵀPG_c − η²/2 [(PG_c)ᵀH(PG_c) + tr(PHPΣ_c)/B + σ²R² tr(PHP)/B²]; the plain columns are P = I "
+              "(DP-SGD), the pre_ columns Adam's. Clip factors, G, H and Σ_c are measured on held-out data "
+              "(privacy/diagnostics.py).", "", "![diagnostics](diagnostics.png)", ""]
+    diag = [r for r in ev if r.get("pre_gthg") is not None]
     if diag:
         lines += ["| step | " + " | ".join(DIAGNOSTICS) + " |", "|---" * (len(DIAGNOSTICS) + 1) + "|"]
         lines += [f"| {r['iteration']} | " + " | ".join(fmt(r[k], ".3g") for k in DIAGNOSTICS) + " |" for r in diag]

@@ -166,3 +166,24 @@ def test_tiny_network_matches_torch_func():
     assert out["pre_minibatch_term"] == pytest.approx(float(torch.einsum("ni,ij,nj->", pdev, h, pdev)) / 15 / b, **tol)
     assert out["noise_to_signal"] == pytest.approx(0.7 * r * math.sqrt(len(flat0)) / b / float(gc.norm()), **tol)
     assert out["pre_noise_to_signal"] == pytest.approx(0.7 * r * float(p.norm()) / b / float((p * gc).norm()), **tol)
+
+
+def test_a_preconditioner_function_gets_the_clipped_mean_gradient():
+    """The learner's P depends on the step's own gradient: a function of G_c, called once with it."""
+    x, losses = quadratic()
+    seen = []
+
+    def precondition(gc):
+        seen.append([t.clone() for t in gc])
+        return [P]
+
+    out = curvature_diagnostics(losses, [x], n=N, noise_multiplier=SIGMA, max_grad_norm=R, batch_size=BATCH,
+                                preconditioner=precondition, probes=3, covariance_samples=N,
+                                generator=torch.Generator().manual_seed(0))
+    g = A * X0 - BS
+    c = (R / (g.norm(dim=1) + 1e-6)).clamp(max=1.0)
+    assert len(seen) == 1
+    torch.testing.assert_close(seen[0][0], (c[:, None] * g).mean(0))
+    want = run()
+    for key, value in want.items():
+        assert out[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
