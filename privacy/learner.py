@@ -202,8 +202,7 @@ class DPLearner:
         """Switch to private training: the optimizer's state as ``switch_state`` / ``optimizer``
         say, the private learning rate, and the clipping engine around the optimizer."""
         if self.optimizer_name == "adambc":  # fresh moments, the noise variance (σR/B)² subtracted
-            self.optimizer = DPAdamBC(self.model.parameters(), lr=self.private_lr, weight_decay=self.weight_decay,
-                                      noise_variance=self.noise_variance())
+            self.optimizer = self._adambc()
         elif self.switch_state == "reset":
             self.optimizer.state.clear()
         for state in self.optimizer.state.values():
@@ -213,6 +212,11 @@ class DPLearner:
         self.optimizer.zero_grad(set_to_none=True)
         self._wrap()
         self.phase = "private"
+
+    def _adambc(self) -> DPAdamBC:
+        """A fresh DP-AdamBC over the model at the private learning rate and Φ."""
+        return DPAdamBC(self.model.parameters(), lr=self.private_lr, weight_decay=self.weight_decay,
+                        noise_variance=self.noise_variance())
 
     def noise_variance(self) -> float:
         """Φ = (σR/B)²: the per-coordinate variance of the noise in the private gradient."""
@@ -477,8 +481,7 @@ class DPLearner:
         weights = load_file(str(d / "policy" / "model.safetensors"))
         self.model.load_state_dict(weights, strict=False)
         if state["phase"] == "private" and self.optimizer_name == "adambc" and not isinstance(self.optimizer, DPAdamBC):
-            self.optimizer = DPAdamBC(self.model.parameters(), lr=self.private_lr, weight_decay=self.weight_decay,
-                                      noise_variance=self.noise_variance())
+            self.optimizer = self._adambc()  # (its state comes from the checkpoint next)
         load_optimizer(self.optimizer, d)
         rng = load_file(str(d / f"rng-{self.rank}.safetensors"))
         self.sampler.set_state(rng["sampler"])
