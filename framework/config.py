@@ -740,6 +740,9 @@ class DPConfig:
     """Logical batch: expected size of a Poisson batch (private phase), exact size otherwise."""
     physical_batch: int = 0
     """Sequences per forward/backward inside a logical batch (0 = all at once)."""
+    public_batch_size: int = 0
+    """Batch of the non-private steps: the public phase and nondp (0 = batch_size). The private
+    phase's B can then be chosen without moving the switch point (examples/compare_dp.yaml)."""
     lr: float = 2e-3
     """AdamW learning rate."""
     private_lr: Optional[float] = None
@@ -823,7 +826,7 @@ class DPConfig:
                      "plateau_window", "workers"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"must be ≥ 1, got {getattr(self, name)}")
-        for name in ("public_steps", "private_steps", "physical_batch", "canaries"):
+        for name in ("public_steps", "private_steps", "physical_batch", "public_batch_size", "canaries"):
             if getattr(self, name) < 0:
                 raise ConfigError(name, f"must be ≥ 0, got {getattr(self, name)}")
         if self.canaries == 1 or (self.canaries and self.canaries < 10):
@@ -851,6 +854,10 @@ class CompareConfig:
     ones), chosen on the first variant and seed and used for all. Empty: ``algo.lr`` as given."""
     validation_conversations: int = 100
     """``compare_irl``: held-out conversations of the validation states that choose the lr."""
+    finished_only: bool = False
+    """``compare_dp``: report the runs already finished under the run directory and start none
+    (the report lists what is missing): to read a comparison whose seeds run as separate
+    processes (``compare.seeds=[k]`` each, into the same run directory)."""
 
     def __post_init__(self):
         known = ["sft", *algorithm_names(), *DP_METHODS]
@@ -972,7 +979,7 @@ class Config:
 QUICK = {"compare.seeds": [0], "demos.count": 400, "lab.iters": 300, "lab.markov_games": 2,
          "train.iterations": 12, "warm_start.steps": 300, "eval.every": 6, "eval.conversations": 20,
          "eval.final_conversations": 40, "checkpoint.every": 6,
-         "dp.public_steps": 40, "dp.private_steps": 40, "dp.batch_size": 64, "dp.eval_every": 20,
+         "dp.public_steps": 40, "dp.private_steps": 40, "dp.batch_size": 64, "dp.public_batch_size": 0, "dp.eval_every": 20,
          "dp.eval_sequences": 128, "dp.corpus.max_chars": 300_000, "dp.canaries": 100, "train_judge.epochs": 1}
 
 

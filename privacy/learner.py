@@ -61,6 +61,7 @@ class DPLearner:
                  grad_sample_mode: str, eval_sequences: int, diag_batch: int, hutchinson_probes: int,
                  covariance_samples: int = 4, clipping: str = "flat", optimizer: str = "adamw",
                  switch_state: str = "keep", private_warmup: int = 0, start_from: str | None = None,
+                 public_batch_size: int = 0,
                  threads: int = 1, workers: int = 1, rank: int = 0, init_method: str | None = None):
         if method not in DP_METHODS:
             raise InputError(f"dp.method must be one of {tuple(DP_METHODS)}, got {method!r}")
@@ -75,6 +76,7 @@ class DPLearner:
         torch.manual_seed(seed)
         self.method, self.seed = method, seed
         self.batch_size, self.physical_batch = batch_size, physical_batch or None
+        self.public_batch_size = public_batch_size or batch_size  # the public phase's and nondp's
         self.public_steps, self.private_steps = public_steps, private_steps
         self.switch, self.plateau_window, self.plateau_tol = switch, plateau_window, plateau_tol
         self.max_grad_norm, self.grad_sample_mode = max_grad_norm, grad_sample_mode
@@ -160,6 +162,7 @@ class DPLearner:
         return {"method": self.method, "public_sequences": len(self.public), "private_sequences": self.private_total,
                 "eval_sequences": len(self.eval_data), "canaries": len(self.canaries),
                 "sample_rate": self.sample_rate, "delta": self.delta, "noise_multiplier": self.noise_multiplier,
+                "public_batch_size": self.public_batch_size,
                 "max_grad_norm": self.max_grad_norm, "grad_sample_mode": mode, "clipping": self.clipping,
                 "optimizer": self.optimizer_name, "switch_state": self.switch_state, "started_from": self.started_from,
                 "layers": layer_report(self.model, mode) if self.spec.private else {},
@@ -249,9 +252,10 @@ class DPLearner:
             mask = torch.rand(len(self.private), generator=self.sampler) < self.sample_rate
             self._batch = self.private[mask]
             if self.spec.public_weight:
-                self._public_batch = self._global_batch(self.public)
+                self._public_batch = self._global_batch(self.public, self.batch_size)
         else:
-            self._batch = self._global_batch(self.public if self.phase == "public" else self._everything())
+            self._batch = self._global_batch(self.public if self.phase == "public" else self._everything(),
+                                             self.public_batch_size)
         return {"phase": self.phase, "stop": None}
 
     def update(self) -> dict:
@@ -310,9 +314,9 @@ class DPLearner:
         applied = "the step was applied" if taken else "nothing was applied"
         raise NonFiniteError(f"step {step}: the {what} is {value}; {applied}", step=step, applied=int(taken))
 
-    def _global_batch(self, pool: torch.Tensor) -> torch.Tensor:
-        """A non-private batch of ``batch_size`` drawn alike on every worker; this worker's rows."""
-        return pool[torch.randperm(len(pool), generator=self.shared)[: self.batch_size]][self.rank::self.workers]
+    def _global_batch(self, pool: torch.Tensor, size: int) -> torch.Tensor:
+        """A non-private batch of ``size`` drawn alike on every worker; this worker's rows."""
+        return pool[torch.randperm(len(pool), generator=self.shared)[:size]][self.rank::self.workers]
 
     def _everything(self) -> torch.Tensor:
         """nondp trains on everything: the public split and every worker's private shard (built once)."""

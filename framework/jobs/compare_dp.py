@@ -33,7 +33,7 @@ from framework.config import DP_METHODS, Config, with_overrides
 from framework.errors import InputError
 from framework.jobs import dp
 from framework.jobs.reports import aggregate, dp_report, fmt, plot_curves
-from framework.jobs.rundir import strict_json, check_dirs, check_inputs, run_or_reuse
+from framework.jobs.rundir import strict_json, check_dirs, check_inputs, finished_summary, run_or_reuse
 
 METRICS = ("eval_ppl", "eval_loss", "public_val_loss", "epsilon", "audit_eps_lower", "wall_s")
 CONTINUAL = ("public", "private")
@@ -72,27 +72,40 @@ def run(cfg: Config, run_dir: Path) -> dict:
     per_seed: dict = {key: [] for key, _ in plan}
     curves: dict = {key: [] for key, _ in plan}
     diagnostics: dict = {}
+    missing: list[str] = []
+
+    def run_or_skip(config: Config, sub: Path, label: str) -> dict | None:
+        if not cfg.compare.finished_only:
+            return run_or_reuse(config, sub, label, dp.run)
+        if (summary := finished_summary(sub)) is None:
+            missing.append(sub.name)
+        return summary
+
     for seed in cfg.compare.seeds:
         public = run_dir / "runs" / f"public_only-seed{seed}"
         if any(DP_METHODS[m].phases == CONTINUAL for m in cfg.compare.methods):  # the seed's one switch point
             over = dict(plan).get("public_only", ["dp.method=public_only"])
-            run_or_reuse(method_config(cfg, over, seed), public, f"compare_dp public_only, seed {seed}", dp.run)
+            run_or_skip(method_config(cfg, over, seed), public, f"compare_dp public_only, seed {seed}")
         for key, over in plan:
             if DP_METHODS[key.split("@")[0]].phases == CONTINUAL:
                 over = [*over, f"dp.start_from={public / 'checkpoints' / 'final'}"]
             sub = run_dir / "runs" / f"{key}-seed{seed}"
-            summary = run_or_reuse(method_config(cfg, over, seed), sub, f"compare_dp {key}, seed {seed}", dp.run)
+            summary = run_or_skip(method_config(cfg, over, seed), sub, f"compare_dp {key}, seed {seed}")
+            if summary is None:
+                continue
             dp_report(sub)
             final = summary["final"]
             per_seed[key].append({**{k: final.get(k) for k in ("eval_ppl", "eval_loss", "public_val_loss", "epsilon",
                                                                "audit_eps_lower")},
-                                  "wall_s": summary["wall_s"], "stopped": summary.get("stopped"),
+                                  "seed": seed, "wall_s": summary["wall_s"], "stopped": summary.get("stopped"),
                                   "switch_step": summary.get("switch_step")})
             metrics = [json.loads(line) for line in (sub / "metrics.jsonl").read_text().splitlines()]
             first = summary["switch_step"] if summary.get("started_from") else 0  # (a continual run starts there)
             curves[key].append([(first, summary["start"]["eval_loss"])] +
                                [(m["iteration"], m["eval_loss"]) for m in metrics if m.get("eval_loss") is not None])
             diagnostics.setdefault(key, []).append([m for m in metrics if "pre_noise_term" in m and m["phase"] == "private"])
+    per_seed = {key: rows for key, rows in per_seed.items() if rows}
+    curves = {key: c for key, c in curves.items() if c}
     table = aggregate(per_seed, METRICS)
     for key, entry in table.items():
         entry.setdefault("epsilon", None)  # trained on private data without DP: no bound
@@ -103,33 +116,34 @@ def run(cfg: Config, run_dir: Path) -> dict:
     plot_curves(curves, run_dir / "eval_loss.png", ylabel="held-out loss (nats/token)", xlabel="step")
     plot_diagnostics(diagnostics, run_dir / "diagnostics.png")
     wall = time.perf_counter() - started
-    (run_dir / "comparison.md").write_text(markdown(cfg, table, targets, diag_summary(diagnostics), wall))
+    (run_dir / "comparison.md").write_text(markdown(cfg, table, targets, diag_summary(diagnostics), wall, missing))
     print((run_dir / "comparison.md").read_text())
     return table
 
 
 def ablation_targets(per_seed: dict, variants: list[str]) -> dict:
-    """Paired over seeds (mean, sample std, per-seed values): the share of nondp_continual's
-    post-switch loss reduction each DP level retains, and the costs of clipping and of noise."""
-    def losses(key):
-        return [r["eval_loss"] for r in per_seed.get(key, [])]
+    """Paired over the seeds every key involved has (mean, sample std, the per-seed values under
+    ``seeds`` and which seeds under ``paired_seeds``): the share of nondp_continual's post-switch loss reduction each DP level retains, and
+    the costs of clipping and of noise."""
+    loss = {key: {r["seed"]: r["eval_loss"] for r in rows} for key, rows in per_seed.items()}
 
-    def stat(values):
-        v = np.asarray(values, dtype=float)
+    def paired(f, *keys):
+        if not all(k in loss for k in keys):
+            return None
+        seeds = sorted(set.intersection(*(set(loss[k]) for k in keys)))
+        if not seeds:
+            return None
+        v = np.asarray([f(*(loss[k][s] for k in keys)) for s in seeds], dtype=float)
         return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
-                "seeds": [float(x) for x in v]}
+                "seeds": [float(x) for x in v], "paired_seeds": seeds}
 
-    out: dict = {}
-    pub, free, clip = losses("public_only"), losses("nondp_continual"), losses("clip_only")
-    if free and clip:
-        out["clip_cost"] = stat(np.subtract(clip, free))
+    out = {"clip_cost": paired(lambda clip, free: clip - free, "clip_only", "nondp_continual")}
     for v in variants:
-        dp_loss = losses(f"dp_continual@{v}")
-        if pub and free and dp_loss:
-            out[f"retained@{v}"] = stat((np.asarray(pub) - dp_loss) / (np.asarray(pub) - free))
-        if clip and dp_loss:
-            out[f"noise_cost@{v}"] = stat(np.subtract(dp_loss, clip))
-    return out
+        dp_key = f"dp_continual@{v}"
+        out[f"retained@{v}"] = paired(lambda pub, dp_, free: (pub - dp_) / (pub - free),
+                                      "public_only", dp_key, "nondp_continual")
+        out[f"noise_cost@{v}"] = paired(lambda dp_, clip: dp_ - clip, dp_key, "clip_only")
+    return {k: t for k, t in out.items() if t is not None}
 
 
 DIAG_KEYS = ("clip_mean", "signal", "clipped_gthg", "minibatch_term", "noise_term", "noise_to_signal",
@@ -170,16 +184,17 @@ def gap_closed(table: dict, key: str, low: str = "public_only", high: str = "non
     return (a - x) / (a - b) if a != b else None
 
 
-def markdown(cfg: Config, table: dict, targets: dict, diag: dict, wall: float) -> str:
+def markdown(cfg: Config, table: dict, targets: dict, diag: dict, wall: float, missing: list[str] = ()) -> str:
     d = cfg.dp
     lines = ["# DP continual pre-training with limited public data", "",
              f"Tiny Llama on the standard-library corpus (sequences of {d.corpus.seq_len} tokens; "
              f"{d.corpus.public_fraction:.0%} public). Public phase "
              f"{'until the held-out public loss plateaus, at most ' if d.switch == 'plateau' else ''}"
-             f"{d.public_steps} steps (public_only stops there; every continual run starts from its checkpoint), "
+             f"{d.public_steps} steps at batch {d.public_batch_size or d.batch_size} (public_only stops there; every "
+             f"continual run starts from its checkpoint), "
              f"then {d.private_steps} private steps at expected batch {d.batch_size}, R = {d.max_grad_norm} "
              f"({d.clipping} clipping, {d.optimizer}, switch state {d.switch_state}, warm-up {d.private_warmup}); "
-             f"nondp takes {d.public_steps + d.private_steps} steps on all the data. Seeds: {list(cfg.compare.seeds)}. "
+             f"nondp takes {d.public_steps + d.private_steps} steps at batch {d.public_batch_size or d.batch_size} on all the data. Seeds: {list(cfg.compare.seeds)}. "
              f"Wall time {wall / 60:.1f} min (finished runs are reused: see each run's wall s).", "",
              "| method | held-out ppl | held-out loss | public val loss | ε (accountant) | ε lower bound (audit) | wall s |",
              "|---|---|---|---|---|---|---|"]
@@ -194,7 +209,7 @@ def markdown(cfg: Config, table: dict, targets: dict, diag: dict, wall: float) -
             what = ("share of nondp_continual's post-switch loss reduction kept (target ≥ 0.5)"
                     if name.startswith("retained") else "cost of clipping: clip_only − nondp_continual"
                     if name == "clip_cost" else "cost of noise: dp_continual − clip_only")
-            lines.append(f"- **{name}** = {t['mean']:.3f} ± {t['std']:.3f} ({what})")
+            lines.append(f"- **{name}** = {t['mean']:.3f} ± {t['std']:.3f} over seeds {t['paired_seeds']} ({what})")
     lines.append("")
     for v in cfg.compare.variants or {}:
         key = f"dp_continual@{v}"
@@ -218,5 +233,7 @@ def markdown(cfg: Config, table: dict, targets: dict, diag: dict, wall: float) -
                          f"{ratio('minibatch_term', 'clipped_gthg', 'last')} | "
                          f"{ratio('pre_noise_term', 'pre_gthg', 'first')} → {ratio('pre_noise_term', 'pre_gthg', 'last')} |")
         lines += ["", "![one-step analysis](diagnostics.png)"]
+    if missing:
+        lines += ["", f"Not finished, left out (`compare.finished_only=true`): {', '.join(missing)}."]
     lines += ["", "![held-out loss](eval_loss.png)", ""]
     return "\n".join(lines)

@@ -130,3 +130,20 @@ def test_a_continual_run_starts_from_a_public_only_checkpoint(dp_config, dp_mode
 def test_automatic_clipping_needs_the_bookkeeping_engine(dp_config, dp_model):
     with pytest.raises(InputError, match="book-keeping"):
         learner(dp_config, dp_model, "dp.method=dp_scratch", "dp.clipping=automatic", "dp.grad_sample_mode=ghost")
+
+
+@pytest.mark.parametrize("method, phase", [("dp_continual", "public"), ("nondp", "all"), ("mix", "private")])
+def test_public_batch_size_sets_the_non_private_batches_only(dp_config, dp_model, method, phase):
+    """The public phase and nondp draw dp.public_batch_size rows; the private phase's Poisson
+    batch (and mix's public batch beside it) stays at dp.batch_size, and so does the sample rate."""
+    lrn = learner(dp_config, dp_model, f"dp.method={method}", "dp.batch_size=16", "dp.public_batch_size=5",
+                  "dp.public_steps=1")
+    if phase == "private":
+        if lrn.sample()["phase"] == "public":  # (mix has no public phase of its own)
+            lrn.update()
+            assert lrn.sample()["phase"] == "private"
+        assert len(lrn._public_batch) == 16 and lrn.sample_rate == pytest.approx(16 / lrn.private_total)
+    else:
+        assert lrn.sample()["phase"] == phase
+        assert len(lrn._batch) == 5
+    assert lrn.describe()["public_batch_size"] == 5

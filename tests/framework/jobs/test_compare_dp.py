@@ -41,3 +41,28 @@ def test_compare_dp_writes_the_contract(dp_config, dp_model, tmp_path):
             assert table[f"{method}@{eps}"]["audit_eps_lower"] <= eps
     assert "dp_continual@8" in (tmp_path / "comparison.md").read_text()
     assert (tmp_path / "eval_loss.png").stat().st_size > 1000
+    # compare.finished_only: the same directory read again with a seed and a method not run: nothing starts
+    again = dp_config("job=compare_dp", "pipeline.ray=false", "compare.seeds=[0,1]", "compare.finished_only=true",
+                      "compare.methods=[public_only,nondp_continual,clip_only,dp_continual,mix]",
+                      "compare.variants={'8': ['dp.target_epsilon=8']}")
+    before = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    partial = compare_dp.run(again, tmp_path)
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == before
+    assert set(partial) == {"public_only", "nondp_continual", "clip_only", "dp_continual@8"}
+    assert partial["dp_continual@8"]["eval_loss"] == pytest.approx(loss["dp_continual@8"])
+    md = (tmp_path / "comparison.md").read_text()
+    assert "mix@8-seed0" in md and "public_only-seed1" in md and "dp_continual@8-seed1" in md
+
+
+def test_ablation_targets_pair_by_seed():
+    """A key missing a seed drops that seed from the differences it enters, not a shifted pairing."""
+    per_seed = {"public_only": [{"seed": 0, "eval_loss": 3.4}, {"seed": 1, "eval_loss": 3.5},
+                                {"seed": 2, "eval_loss": 3.3}],
+                "nondp_continual": [{"seed": 0, "eval_loss": 2.4}, {"seed": 2, "eval_loss": 2.3}],
+                "clip_only": [{"seed": 0, "eval_loss": 2.6}, {"seed": 1, "eval_loss": 2.5}, {"seed": 2, "eval_loss": 2.7}],
+                "dp_continual@8": [{"seed": 1, "eval_loss": 2.9}, {"seed": 2, "eval_loss": 2.8}]}
+    t = compare_dp.ablation_targets(per_seed, ["8", "2"])
+    assert t["clip_cost"]["paired_seeds"] == [0, 2] and t["clip_cost"]["seeds"] == pytest.approx([0.2, 0.4])
+    assert t["noise_cost@8"]["paired_seeds"] == [1, 2] and t["noise_cost@8"]["mean"] == pytest.approx(0.25)
+    assert t["retained@8"]["paired_seeds"] == [2] and t["retained@8"]["mean"] == pytest.approx(0.5 / 1.0)
+    assert t["retained@8"]["std"] == 0.0 and "retained@2" not in t and "noise_cost@2" not in t
