@@ -12,6 +12,9 @@ depend on ε and run once.
 schedule. So nondp_continual is the like-for-like denominator of the gap, and the differences
 clip_only − nondp_continual and dp_continual − clip_only price clipping and noise separately.
 
+Seeds may run as separate processes into the same run directory (``compare.seeds=[k]`` each);
+``compare.finished_only=true`` then reports every finished run and starts none.
+
 ``comparison.json`` follows the comparison contract (method key → metric means and ``_std``
 over seeds): ``eval_ppl`` and ``eval_loss`` (held out), ``public_val_loss`` (the public split's
 held-out tenth: what settings are chosen on), ``epsilon`` (the accountant's; null without a
