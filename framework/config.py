@@ -788,6 +788,11 @@ class DPConfig:
     owns a shard of the private data and clips its own examples; the noise is added once per step."""
     corpus: DPCorpusConfig = field(default_factory=DPCorpusConfig)
 
+    @property
+    def public_batch(self) -> int:
+        """The batch of the non-private steps: ``public_batch_size``, or ``batch_size`` when 0."""
+        return self.public_batch_size or self.batch_size
+
     def __post_init__(self):
         if self.method not in DP_METHODS:
             raise ConfigError("method", f"must be one of {tuple(DP_METHODS)}, got {self.method!r}")

@@ -126,8 +126,8 @@ def run(cfg: Config, run_dir: Path) -> dict:
 
 def ablation_targets(per_seed: dict, variants: list[str]) -> dict:
     """Paired over the seeds every key involved has (mean, sample std, the per-seed values under
-    ``seeds`` and which seeds under ``paired_seeds``): the share of nondp_continual's post-switch loss reduction each DP level retains, and
-    the costs of clipping and of noise."""
+    ``seeds`` and which seeds under ``paired_seeds``): the share of nondp_continual's
+    post-switch loss reduction each DP level retains, and the costs of clipping and of noise."""
     loss = {key: {r["seed"]: r["eval_loss"] for r in rows} for key, rows in per_seed.items()}
 
     def paired(f, *keys):
@@ -193,11 +193,12 @@ def markdown(cfg: Config, table: dict, targets: dict, diag: dict, wall: float, m
              f"Tiny Llama on the standard-library corpus (sequences of {d.corpus.seq_len} tokens; "
              f"{d.corpus.public_fraction:.0%} public). Public phase "
              f"{'until the held-out public loss plateaus, at most ' if d.switch == 'plateau' else ''}"
-             f"{d.public_steps} steps at batch {d.public_batch_size or d.batch_size} (public_only stops there; every "
+             f"{d.public_steps} steps at batch {d.public_batch} (public_only stops there; every "
              f"continual run starts from its checkpoint), "
              f"then {d.private_steps} private steps at expected batch {d.batch_size}, R = {d.max_grad_norm} "
              f"({d.clipping} clipping, {d.optimizer}, switch state {d.switch_state}, warm-up {d.private_warmup}); "
-             f"nondp takes {d.public_steps + d.private_steps} steps at batch {d.public_batch_size or d.batch_size} on all the data. Seeds: {list(cfg.compare.seeds)}. "
+             f"nondp takes {d.public_steps + d.private_steps} steps at batch {d.public_batch} on all the data. "
+             f"Seeds: {list(cfg.compare.seeds)}. "
              f"Wall time {wall / 60:.1f} min (finished runs are reused: see each run's wall s).", "",
              "| method | held-out ppl | held-out loss | public val loss | ε (accountant) | ε lower bound (audit) | wall s |",
              "|---|---|---|---|---|---|---|"]
