@@ -179,8 +179,9 @@ class Learner:
             raise ValueError(f"{algorithm} has no KL penalty (kl_coef)")
         self.steps_taken = self.policy_steps = 0
         try:
+            extra = {"target": algo.target} if algo.target is not None else {}
             out = algo.update(self, batch.to(self.device), loss=algo.loss, eta=eta, tau=tau, link=link, kl_coef=kl_coef,
-                              epochs=epochs, minibatches=minibatches, **(options or {}))
+                              epochs=epochs, minibatches=minibatches, **extra, **(options or {}))
             weights = (q.to_local() if isinstance(q, DTensor) else q for q in self.module.parameters())
             if self._over_ranks(sum((~torch.isfinite(q)).sum() for q in weights)):  # before they are published
                 raise NonFiniteError("the weights are not finite")

@@ -31,7 +31,7 @@ def _matrix(args) -> None:
         raise InputError("lab matrix: give exactly one of --payoff FILE.npy or --builtin NAME")
     game = load_payoff(args.payoff) if args.payoff else builtin_game(args.builtin, seed=args.seed, size=args.size)
     report = lab.run_matrix(game, algo=args.algo, eta=args.eta, iters=args.iters,
-                            init=args.init, seed=args.seed)
+                            init=args.init, seed=args.seed, staleness=args.staleness)
     out = Path(args.out)
     lab.write_json(report, out)
     lab.plot_matrix([report], out.with_suffix(".png"))
@@ -50,7 +50,7 @@ def _markov(args) -> None:
     algos = ["mpo", "ompo"] if args.algo == "both" else [args.algo]
     games = [random_markov_game(args.seed + i) for i in range(args.games)]
     report = lab.run_markov(games, algos=algos, eta=args.eta, iters=args.iters,
-                            init=args.init, seed=args.seed)
+                            init=args.init, seed=args.seed, staleness=args.staleness)
     out = Path(args.out)
     lab.write_json(report, out)
     lab.plot_markov(report, out.with_suffix(".png"), title=f"{args.games} random Markov games")
@@ -100,6 +100,8 @@ def _add_lab_common(p, *, algo_help: str) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of games and starting policies")
     p.add_argument("--init", choices=["random", "uniform"], default="random",
                    help="starting policy (default: random, from the seed)")
+    p.add_argument("--staleness", type=int, default=0,
+                   help="updates anchored this many versions back, as an async pipeline's (default 0)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     m = lab_sub.add_parser("matrix", help="one algorithm on a matrix preference game",
                            description="Tabular MPO/OMPO on a matrix game P (P + Pᵀ = 1).")
     m.add_argument("--payoff", help="a .npy file holding the n×n preference matrix P")
-    m.add_argument("--builtin", help="rock_paper_scissors | asymmetric_cycle | random")
+    m.add_argument("--builtin", help="rock_paper_scissors | asymmetric_cycle | random | running_sum | "
+                   "running_sum_style (the task's 8 answer classes; _style: correctness weight 0)")
     m.add_argument("--size", type=int, default=5, help="classes of the random built-in game (default 5)")
     _add_lab_common(m, algo_help="mpo | ompo | sppo")
     m.add_argument("--out", default="lab-matrix.json", help="report JSON (a PNG is written beside it)")

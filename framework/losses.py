@@ -66,13 +66,19 @@ def mpo_loss(*, logp: torch.Tensor, logp_old: torch.Tensor, q_hat: torch.Tensor,
     Returns:
         (B,) per-example losses.
     """
-    rho = logp - logp_old
+    return (logp - logp_old - eta * mpo_target(q_hat=q_hat, baseline=baseline, kl_coef=kl_coef,
+                                               logp_old=logp_old, logp_ref=logp_ref)) ** 2
+
+
+def mpo_target(*, q_hat: torch.Tensor, baseline: torch.Tensor | float, kl_coef: float = 0.0,
+               logp_old: torch.Tensor | None = None, logp_ref: torch.Tensor | None = None) -> torch.Tensor:
+    """What MPO regresses ρ onto, per unit of η: Q̂ − b − β (log π_t − log π_ref). (B,)"""
     target = q_hat - baseline
     if kl_coef:
         if logp_ref is None:
             raise ValueError("mpo_loss: kl_coef > 0 needs logp_ref")
         target = target - kl_coef * (logp_old - logp_ref)
-    return (rho - eta * target) ** 2
+    return target
 
 
 def ompo_loss(*, logp: torch.Tensor, logp_old: torch.Tensor, q_hat: torch.Tensor,
@@ -95,8 +101,13 @@ def ompo_loss(*, logp: torch.Tensor, logp_old: torch.Tensor, q_hat: torch.Tensor
     Returns:
         (B,) per-example losses.
     """
-    rho = logp - logp_old
-    return (rho - eta * (2 * q_hat - q_hat_prev - tau - baseline)) ** 2
+    return (logp - logp_old - eta * ompo_target(q_hat=q_hat, q_hat_prev=q_hat_prev, tau=tau, baseline=baseline)) ** 2
+
+
+def ompo_target(*, q_hat: torch.Tensor, q_hat_prev: torch.Tensor, tau: float,
+                baseline: torch.Tensor | float = 0.5) -> torch.Tensor:
+    """What OMPO regresses ρ onto, per unit of η: 2 Q̂⁽ᵗ⁾ − Q̂⁽ᵗ⁻¹⁾ − τ − b. (B,)"""
+    return 2 * q_hat - q_hat_prev - tau - baseline
 
 
 def sppo_loss(*, logp: torch.Tensor, logp_old: torch.Tensor, win_rate: torch.Tensor,

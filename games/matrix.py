@@ -146,11 +146,23 @@ def random_nontransitive(n: int = 5, seed: int = 0) -> MatrixGame:
     return MatrixGame(0.5 + A, name=f"random_n{n}_s{seed}")
 
 
+def running_sum_classes(correctness_weight: float = 0.7) -> MatrixGame:
+    """The ``running_sum`` task's class game: its 8 answer classes (right/wrong × 3 styles and
+    none) under the rule judge at the task's default margins — the exact stand-in of a self-play
+    run on the task. ``correctness_weight=0`` leaves the pure style cycle."""
+    from games.tasks.running_sum import RunningSumTask
+
+    P = RunningSumTask(correctness_weight=correctness_weight).class_matrix
+    return MatrixGame(P, name=f"running_sum_w{correctness_weight:g}")
+
+
 BUILTIN_GAMES = {
     "rock_paper_scissors": rock_paper_scissors,
     "rps": rock_paper_scissors,
     "asymmetric_cycle": asymmetric_cycle,
     "random": random_nontransitive,
+    "running_sum": running_sum_classes,
+    "running_sum_style": lambda: running_sum_classes(0.0),
 }
 
 

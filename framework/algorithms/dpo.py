@@ -68,6 +68,8 @@ def ipo(*, batch: TrainBatch, logp, eta: float, tau: float = 0.0, link: str = "l
     return ipo_loss(**_sides(batch, logp), tau=1.0 / eta)
 
 
-DPO = Algorithm(name="dpo", build_batch=conversation_pairs, loss=dpo, plan=whole_conversations)
-IPO = Algorithm(name="ipo", build_batch=conversation_pairs, loss=ipo, plan=whole_conversations)
-STEP_DPO = Algorithm(name="step_dpo", build_batch=step_pairs, loss=dpo, plan=tree)
+DPO = Algorithm(name="dpo", build_batch=conversation_pairs, loss=dpo, plan=whole_conversations,
+                accepts=("round_reset",))
+IPO = Algorithm(name="ipo", build_batch=conversation_pairs, loss=ipo, plan=whole_conversations,
+                accepts=("round_reset",))
+STEP_DPO = Algorithm(name="step_dpo", build_batch=step_pairs, loss=dpo, plan=tree, accepts=("round_reset",))

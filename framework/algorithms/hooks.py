@@ -11,7 +11,9 @@ method touches its own module and the registry (``framework/algorithms/__init__.
 - ``build_batch`` and ``loss``: the batch and the per-example loss (pure, tested on hand-worked
   numbers);
 - ``update(trainer, batch, ...)``: how the learner steps on a batch; ``regress`` (minibatch passes
-  over ``loss``) unless the method brings its own.
+  over ``loss``) unless the method brings its own;
+- ``target``: for a mirror-descent method, what ρ is regressed onto (the update then measures
+  the step it took).
 
 ``settings`` is the run's ``AlgoConfig`` (``algo.*``); ``trainer`` is the learner role (see
 ``Trainer``).
@@ -112,8 +114,17 @@ class Trainer(Protocol):
         """(module, optimizer) of a model trained beside the policy, saved with it."""
 
 
+def fitted_slope(target: torch.Tensor, rho: torch.Tensor) -> float | None:
+    """The least-squares slope of ``rho`` on ``target`` (with an intercept); None when the target
+    does not vary."""
+    y, x = rho.double() - rho.double().mean(), target.double() - target.double().mean()
+    spread = float((x * x).sum())
+    return float((x * y).sum()) / spread if spread > 1e-12 else None
+
+
 def regress(trainer: Trainer, batch: TrainBatch, *, loss: Callable[..., torch.Tensor], eta: float, tau: float,
-            link: str, kl_coef: float, epochs: int, minibatches: int) -> dict:
+            link: str, kl_coef: float, epochs: int, minibatches: int,
+            target: Callable[..., torch.Tensor] | None = None) -> dict:
     """``epochs`` passes over the batch in ``minibatches`` optimizer steps each on the mean of
     ``loss`` (minibatches hold whole examples: a conversation's turns or a pair stay together).
 
@@ -126,6 +137,12 @@ def regress(trainer: Trainer, batch: TrainBatch, *, loss: Callable[..., torch.Te
 
     ``kl_coef`` β > 0 penalises the divergence from the starting policy; ``kl_ref`` reports mean
     log π_t(a|s) − log π_ref(a|s) over the samples, an estimate of that KL.
+
+    A mirror-descent method names its ``target`` (per example, per unit of η: ρ is regressed onto
+    η·target). ``effective_step`` is then the step the update took: the slope of ρ after the
+    update on the target, over the batch (one more forward pass). It is η when the regression is
+    solved; a few steps of a small learning rate leave it well below (``algo.round_reset`` and
+    ``algo.epochs`` solve each iteration's regression).
     """
     examples = len(torch.unique(batch.example))
     extra, kl = ({"kl_coef": kl_coef}, {"kl_ref": 0.0}) if kl_coef else ({}, {})
@@ -147,8 +164,14 @@ def regress(trainer: Trainer, batch: TrainBatch, *, loss: Callable[..., torch.Te
             value = loss(batch=mb, logp=logp, eta=eta, tau=tau, link=link, **extra).mean()
             norms.append(trainer.step(value))
             losses.append(float(value.detach()))
+    fit = {}
+    if target is not None:
+        with torch.no_grad():
+            after, _ = batch.per_example(trainer.logp(batch) - batch.logp_old)
+        fit["effective_step"] = fitted_slope(target(batch=batch, tau=tau, kl_coef=kl_coef), after)
     return {"loss": sum(losses) / len(losses), "grad_norm": sum(norms) / len(norms),
-            "rho_mean": float(torch.cat(rhos).mean()), "behaviour_gap": behaviour_gap, "examples": examples, **kl}
+            "rho_mean": float(torch.cat(rhos).mean()), "behaviour_gap": behaviour_gap, "examples": examples,
+            **kl, **fit}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -160,6 +183,9 @@ class Algorithm:
     plan: Callable[[Any, Source], Plan]  # (settings, source) → this run's Plan
     loss: Callable[..., torch.Tensor] | None = None  # (*, batch, logp, eta, tau, link[, kl_coef]) → (E,)
     update: Callable[..., dict] = regress  # (trainer, batch, *, loss, eta, tau, link, kl_coef, epochs, minibatches)
+    # mirror-descent methods: (*, batch, tau, kl_coef) → (E,) what ρ is regressed onto per unit of
+    # η, ordered like ``TrainBatch.per_example`` (``regress`` reports the ``effective_step``)
+    target: Callable[..., torch.Tensor] | None = None
     memory: type = Stateless  # made once per run, restored from checkpoints with ``load``
     options: tuple[str, ...] = ()  # further ``algo.*`` settings build_batch takes as keywords
     update_options: tuple[str, ...] = ()  # further ``algo.*`` settings the update hook takes as keywords

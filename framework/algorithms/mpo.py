@@ -27,7 +27,7 @@ import numpy as np
 from framework.algorithms.hooks import Algorithm, Source
 from framework.batching import collate
 from framework.errors import InputError
-from framework.losses import mpo_loss
+from framework.losses import mpo_loss, mpo_target
 from framework.records import Comparison, GenerationRequest, Pair, Rollout, TrainBatch
 
 
@@ -174,4 +174,10 @@ def loss(*, batch: TrainBatch, logp, eta: float, tau: float = 0.0, link: str = "
                     kl_coef=kl_coef, logp_ref=batch.logp_ref)
 
 
-MPO = Algorithm(name="mpo", build_batch=build_batch, loss=loss, plan=tree, options=("q",), accepts=("q", "kl_coef"))
+def target(*, batch: TrainBatch, tau: float = 0.0, kl_coef: float = 0.0):
+    return batch.first_of_example(mpo_target(q_hat=batch.q_hat, baseline=batch.baseline, kl_coef=kl_coef,
+                                             logp_old=batch.logp_old, logp_ref=batch.logp_ref))
+
+
+MPO = Algorithm(name="mpo", build_batch=build_batch, loss=loss, plan=tree, target=target, options=("q",),
+                accepts=("q", "kl_coef", "round_reset"))

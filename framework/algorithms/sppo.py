@@ -72,4 +72,9 @@ def loss(*, batch: TrainBatch, logp, eta: float, tau: float = 0.0, link: str = "
     return sppo_loss(logp=logp_y, logp_old=logp_old_y, win_rate=batch.first_of_example(batch.q_hat), eta=eta)
 
 
-SPPO = Algorithm(name="sppo", build_batch=build_batch, loss=loss, plan=whole_conversations)
+def target(*, batch: TrainBatch, tau: float = 0.0, kl_coef: float = 0.0):
+    return batch.first_of_example(batch.q_hat) - 0.5
+
+
+SPPO = Algorithm(name="sppo", build_batch=build_batch, loss=loss, plan=whole_conversations, target=target,
+                 accepts=("round_reset",))

@@ -98,6 +98,7 @@ def run_tabular(
     iters: int,
     init_policy: tuple[np.ndarray, ...] | None = None,
     kl_coef: float = 0.0,
+    staleness: int = 0,
     on_iteration: Callable[[int], None] | None = None,
 ) -> TabularRun:
     """Run tabular MPO/OMPO/SPPO self-play for ``iters`` updates on a ``MarkovGame``.
@@ -110,6 +111,10 @@ def run_tabular(
         init_policy: π_0; uniform by default.
         kl_coef: β of a KL penalty toward π_0 (MPO on single-step games, as ``algo.kl_coef``):
             the last iterate then converges to the regularised equilibrium π ∝ π_0 exp(Q/β).
+        staleness: s, the pipeline's asynchrony: update t is computed from the data of π_{t−1−s}
+            and anchored there (π_t ∝ π_{t−1−s} exp(η Q)), as an async run whose generators lag s
+            versions and whose regression is solved against the sampling policy; OMPO's hint is
+            then 2 r̄ of that policy − r̄ of the previous update's (the iterates are not consecutive).
         on_iteration: called with t after each update (progress bars).
     """
     spec = get_tabular_algo(algo)
@@ -117,6 +122,8 @@ def run_tabular(
         raise InputError(f"eta must be > 0, got {eta}")
     if iters < 1:
         raise InputError(f"iters must be ≥ 1, got {iters}")
+    if staleness < 0:
+        raise InputError(f"staleness must be ≥ 0, got {staleness}")
     if spec.max_horizon is not None and game.horizon > spec.max_horizon:
         raise InputError(
             f"{algo} is MPO on single-step games; this game has horizon {game.horizon} (use mpo/ompo)"
@@ -134,21 +141,22 @@ def run_tabular(
     last_expl = np.empty(iters)
     occ_sum = tuple(np.zeros_like(p) for p in pi)
     rbar_sum = tuple(np.zeros_like(p) for p in pi)
-    rbar_prev = None
     rbar = game.induced_reward(game.occupancy(pi))
+    # versions t − 2 − s .. t − 1: (log π, π, r̄^π), the anchor and the optimistic hint's pair
+    history = [(log_pi, pi, rbar)] * (staleness + 2)
     for t in range(1, iters + 1):
-        hint = rbar if not spec.optimistic or rbar_prev is None else tuple(
-            2 * r - rp for r, rp in zip(rbar, rbar_prev)
-        )
-        q, _ = game.evaluate(pi, hint)
+        anchor_log, anchor, r_now = history[-1 - staleness]
+        r_before = history[-2 - staleness][2]
+        hint = r_now if not spec.optimistic or t == 1 else tuple(2 * r - rp for r, rp in zip(r_now, r_before))
+        q, _ = game.evaluate(anchor, hint)
         log_pi = tuple(
             _log_softmax_update(lp, qh, eta, m, kl_coef, ref)
-            for lp, qh, m, ref in zip(log_pi, q, game.action_mask, log_ref)
+            for lp, qh, m, ref in zip(anchor_log, q, game.action_mask, log_ref)
         )
         pi = tuple(np.exp(lp) for lp in log_pi)
-        rbar_prev = rbar
         d = game.occupancy(pi)
         rbar = game.induced_reward(d)
+        history = history[1:] + [(log_pi, pi, rbar)]
         # Exploitability is linear in the opponent's occupancy, so the average iterate's induced
         # reward is the mean of the iterates' induced rewards.
         occ_sum = tuple(a + b for a, b in zip(occ_sum, d))

@@ -1,6 +1,11 @@
 """Held-out evaluation — the self-play loop's ``evaluate`` stage — and ``alignplay eval``: the
 judge's win rate of a policy against a reference (95% interval), and exploitability and
-correctness where the task has response classes."""
+correctness where the task has response classes.
+
+Exploitability is reported as the plug-in estimate (``exploitability``, biased upward by few
+samples per state), its parts (``exploitability_<part>``, e.g. ``style`` and ``correctness``,
+summing to it) and the cross-validated estimate (``exploitability_cv``, ``exploitability_style_cv``:
+``framework.evaluation.loo_exploitability``, unbiased at an equilibrium)."""
 
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ from actors.judge import PreferenceJudge, judge_all
 from actors.remote import Handle, make_cluster
 from framework.config import Config, load_config
 from framework.errors import InputError
-from framework.evaluation import class_counts, win_rate
+from framework.evaluation import class_counts, loo_exploitability, win_rate
 from framework.models import check_model_path
 from framework.jobs.reports import selfplay_report
 from framework.jobs.rundir import strict_json, check_writable
@@ -39,6 +44,13 @@ def evaluate(cluster, policy: Handle[RolloutGenerator], reference: Handle[Rollou
     if task.response_classes:
         counts = class_counts(task, states, [[x.text for x in g] for g in cur])
         out["exploitability"] = float(task.exploitability(counts).mean())
+        parts = task.exploitability_parts(counts)
+        out.update({f"exploitability_{part}": float(values.mean()) for part, values in parts.items()})
+        if samples > 1:  # the cross-validated estimate (a best response fitted on the other answers)
+            cv = loo_exploitability(task.class_matrix, counts)
+            out["exploitability_cv"] = float(cv.mean())
+            if "style" in parts:  # the correctness part is linear in the class mix: its estimate is unbiased
+                out["exploitability_style_cv"] = float((cv - sum(v for k, v in parts.items() if k != "style")).mean())
         out["correct"] = float(counts[:, task.correct_classes].sum() / counts.sum())
     return out
 

@@ -11,6 +11,7 @@ Output contracts (other tools read them; add keys, never rename):
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +22,12 @@ from framework.config import Config
 from framework.errors import ConfigError
 from framework.jobs.rundir import check_writable, strict_json
 from games.markov import random_markov_game
-from games.matrix import BUILTIN_GAMES, builtin_game
+from games.matrix import BUILTIN_GAMES, MatrixGame, builtin_game
+from games.tasks import get_task
 
 EPSILONS = (1e-2, 1e-3)
+#: ``lab.matrix_games``' name for the class game of the config's task (``task.*``)
+TASK_GAME = "task"
 
 
 def curve_points(iters: int, n: int = 120) -> np.ndarray:
@@ -55,14 +59,15 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, disable=not enabled, mininterval=0.5, unit="it")
 
 
-def run_matrix(game, *, algo: str, eta: float = DEFAULT_ETA, iters: int, init: str = "random",
-               seed: int = 0, progress: bool = True) -> dict:
-    """Run one algorithm on one ``MatrixGame``; return the ``lab matrix`` report."""
+def run_matrix(game, *, algo: str, eta: float = DEFAULT_ETA, iters: int, init="random",
+               seed: int = 0, staleness: int = 0, progress: bool = True) -> dict:
+    """Run one algorithm on one ``MatrixGame``; return the ``lab matrix`` report. ``init`` is
+    ``uniform``, ``random`` or a start policy (a class distribution)."""
     get_tabular_algo(algo)
     markov = game.as_markov()
+    start = (np.asarray(init, dtype=float)[None],) if not isinstance(init, str) else _init_policy(markov, init, seed)
     with _progress(iters, f"{algo} on {game.name}", progress) as bar:
-        run = run_tabular(markov, algo=algo, eta=eta, iters=iters,
-                          init_policy=_init_policy(markov, init, seed),
+        run = run_tabular(markov, algo=algo, eta=eta, iters=iters, init_policy=start, staleness=staleness,
                           on_iteration=lambda t: bar.update(1))
     nash = game.nash()
     pts = curve_points(iters)
@@ -78,6 +83,8 @@ def run_matrix(game, *, algo: str, eta: float = DEFAULT_ETA, iters: int, init: s
         "nash": nash.tolist(),
         "last_l1_to_nash": float(np.abs(run.last_policy[0][0] - nash).sum()),
         "iters_to_eps": {str(e): iters_to_eps(run.avg_exploitability, e) for e in EPSILONS},
+        "last_iters_to_eps": {str(e): iters_to_eps(run.last_exploitability, e) for e in (2e-2, *EPSILONS)},
+        "staleness": int(staleness),
         "slope": loglog_slope(run.avg_exploitability),
         "curve": [[int(t), float(run.avg_exploitability[t - 1]), float(run.last_exploitability[t - 1])]
                   for t in pts],
@@ -85,7 +92,7 @@ def run_matrix(game, *, algo: str, eta: float = DEFAULT_ETA, iters: int, init: s
 
 
 def run_markov(games: list, *, algos: list[str], eta: float = DEFAULT_ETA, iters: int,
-               init: str = "random", seed: int = 0, progress: bool = True) -> dict:
+               init: str = "random", seed: int = 0, staleness: int = 0, progress: bool = True) -> dict:
     """Run each algorithm on each game; return the ``lab markov`` report (means over games)."""
     for algo in algos:
         get_tabular_algo(algo)
@@ -95,7 +102,7 @@ def run_markov(games: list, *, algos: list[str], eta: float = DEFAULT_ETA, iters
             runs: list[TabularRun] = []
             for i, game in enumerate(games):
                 bar.set_description(f"{algo} game {i + 1}/{len(games)}")
-                runs.append(run_tabular(game, algo=algo, eta=eta, iters=iters,
+                runs.append(run_tabular(game, algo=algo, eta=eta, iters=iters, staleness=staleness,
                                         init_policy=_init_policy(game, init, [seed, i, 1]),
                                         on_iteration=lambda t: bar.update(1)))
             avg = np.stack([r.avg_exploitability for r in runs])  # (games, iters)
@@ -181,27 +188,47 @@ def write_json(obj: dict, path: Path) -> None:
     path.write_text(strict_json(obj, indent=1) + "\n")
 
 
+def task_game(cfg: Config) -> MatrixGame:
+    """The class game of the config's task (``task.*``): its judge's exact payoffs between response
+    classes — the tabular stand-in of a self-play run on that task."""
+    task = get_task(**dataclasses.asdict(cfg.task))
+    if not task.response_classes:
+        raise ConfigError("task.name", f"task {task.name!r} has no response classes (no class game)")
+    name = f"{task.name}_w{cfg.task.correctness_weight:g}" if task.name == "running_sum" else task.name
+    return MatrixGame(task.class_matrix, name=name)
+
+
+def matrix_game(cfg: Config, name: str) -> MatrixGame:
+    return task_game(cfg) if name == TASK_GAME else builtin_game(name, seed=cfg.seed, size=cfg.lab.matrix_size)
+
+
 def preflight(cfg: Config, run_dir: Path) -> None:
     """The games named in the config exist; the run directory can be written."""
     check_writable(run_dir, "--run-dir")
     for i, name in enumerate(cfg.lab.matrix_games):
-        if name not in BUILTIN_GAMES:
-            raise ConfigError(f"lab.matrix_games[{i}]", f"unknown game {name!r}; choose from {sorted(BUILTIN_GAMES)}")
+        if name not in BUILTIN_GAMES and name != TASK_GAME:
+            raise ConfigError(f"lab.matrix_games[{i}]", f"unknown game {name!r}; choose from "
+                              f"{sorted([*BUILTIN_GAMES, TASK_GAME])}")
+        if name == TASK_GAME:
+            task_game(cfg)
 
 
 def run(cfg: Config, run_dir: Path) -> None:
     """The exact game lab: every matrix game and the random Markov games, with a report."""
     c = cfg.lab
     lines = ["# Exact game lab", "",
-             f"η = {c.eta}, {c.iters} iterations, start policy: {c.init}, seed {cfg.seed}.", "",
+             f"η = {c.eta}, {c.iters} iterations, start policy: {c.init}, seed {cfg.seed}"
+             f"{f', staleness {c.staleness} (updates anchored {c.staleness} version(s) back)' if c.staleness else ''}.",
+             "",
              "## Matrix games", "",
              "| game | method | avg-iterate exploitability | last-iterate exploitability | "
              "L1(last, Nash) | iters→1e-2 | iters→1e-3 | slope |", "|---" * 8 + "|"]
     for name in c.matrix_games:
-        game = builtin_game(name, seed=cfg.seed, size=c.matrix_size)
+        game = matrix_game(cfg, name)
         reports = []
         for algo in c.algos:
-            r = run_matrix(game, algo=algo, eta=c.eta, iters=c.iters, init=c.init, seed=cfg.seed)
+            r = run_matrix(game, algo=algo, eta=c.eta, iters=c.iters, init=c.init, seed=cfg.seed,
+                           staleness=c.staleness)
             write_json(r, run_dir / "matrix" / f"{game.name}_{algo}.json")
             reports.append(r)
             hit = [r["iters_to_eps"][k] for k in ("0.01", "0.001")]
@@ -211,7 +238,8 @@ def run(cfg: Config, run_dir: Path) -> None:
         plot_matrix(reports, run_dir / "matrix" / f"{game.name}.png")
     games = [random_markov_game(cfg.seed + i) for i in range(c.markov_games)]
     algos = [a for a in c.algos if get_tabular_algo(a).max_horizon is None]  # e.g. SPPO: single-step games only
-    report = run_markov(games, algos=algos, eta=c.eta, iters=c.iters, init=c.init, seed=cfg.seed)
+    report = run_markov(games, algos=algos, eta=c.eta, iters=c.iters, init=c.init, seed=cfg.seed,
+                        staleness=c.staleness)
     write_json(report, run_dir / "markov.json")
     plot_markov(report, run_dir / "markov.png", title=f"{len(games)} random Markov games")
     table = format_table(report)

@@ -264,7 +264,8 @@ def update(roles: Roles, batch: TrainBatch, settings: AlgoConfig, t: int, iterat
         for learner, shard in zip(roles.learners, batch.shard(len(roles.learners)))
     ])
     skip = ("examples", "version", "train_seconds")
-    out = {k: float(np.mean([r[k] for r in results])) for k in results[0] if k not in skip}
+    values = {k: [r[k] for r in results if r.get(k) is not None] for k in results[0] if k not in skip}
+    out = {k: float(np.mean(v)) if v else None for k, v in values.items()}  # (None: e.g. no fitted step)
     return {**out, "examples": sum(r["examples"] for r in results), "lr": lr[0] if staged else lr}
 
 
@@ -403,7 +404,7 @@ def selfplay(cfg: Config, run_dir: Path, task: Task, policy_path: str, cluster, 
     final_states = task.heldout_states(cfg.eval.final_conversations, cfg.seed + 1)
     summary["init_policy"] = str(Path(policy_path).resolve())
     if "start" not in summary:
-        summary["start"] = evaluate(roles, task, final_states, cfg.eval.samples, seed=cfg.seed)
+        summary["start"] = evaluate(roles, task, final_states, cfg.eval.headline_samples, seed=cfg.seed)
         write_summary(run_dir, summary)
     sync = cfg.pipeline.mode == "sync"
     generation = Generation(roles, plan, seed=cfg.seed, iterations=cfg.train.iterations,
@@ -466,7 +467,7 @@ def selfplay(cfg: Config, run_dir: Path, task: Task, policy_path: str, cluster, 
     final = save_checkpoint(roles, run_dir, state, cfg.train.iterations, cfg.checkpoint.keep, final=True)
     if state.held[0] != state.version:  # a run ending mid-round: evaluate the learner's latest policy
         state.held = sync_weights(roles, state.version, wait=True)
-    summary.update(final=evaluate(roles, task, final_states, cfg.eval.samples, seed=cfg.seed + 10**6),
+    summary.update(final=evaluate(roles, task, final_states, cfg.eval.headline_samples, seed=cfg.seed + 10**6),
                    final_policy=str((final / "policy").resolve()), iterations=cfg.train.iterations,
                    samples_generated=state.counters["generated_total"])
     return summary

@@ -17,7 +17,9 @@ class Task(Protocol):
 
     - ``rule_judge``: ``judge()`` returns the task's programmatic judge (``judge.kind=rule``);
     - ``response_classes``: answers fall into ``class_names`` that the judge distinguishes,
-      ``classify(state, answer)`` names one and ``exploitability(counts)`` is exact per state;
+      ``classify(state, answer)`` names one and ``exploitability(counts)`` is exact per state,
+      ``exploitability_parts(counts)`` its split into named parts that sum to it, and
+      ``class_matrix`` the (C, C) P(class i ≻ class j) of the judge;
       ``correct_classes`` and ``malformed_classes`` index the right and the unreadable answers;
     - ``heldout_answers``: ``heldout_demonstrations(n, seed)`` gives right answers at held-out states.
 

@@ -16,7 +16,9 @@ and no Bradley–Terry reward can represent P.
 
 Responses fall into 8 classes, (correct?) × (style or none), and the judge depends only on them:
 the exploitability of a policy at a state is max_c Σ_c' d(c') P(c, c') − ½ over its class
-distribution d, a best response being any correct answer with the best style.
+distribution d, a best response being any correct answer with the best style. It splits exactly
+into a correctness part w·(1 − p)/2 (p the share of right answers) and a style part, the cycle's
+(``exploitability_parts``).
 
 Equilibrium: always correct, styles in proportion (m₁, m₂, m₀); for the default margins
 (0.1, 0.2, 0.4) that is (2/7, 4/7, 1/7) — not uniform. Demonstrations use uniform styles, which
@@ -192,6 +194,24 @@ class RunningSumTask:
         """Per state: max_c Σ_c' d(c') P(c, c') − ½ for rows of class counts (S, 8)."""
         d = class_counts / class_counts.sum(axis=1, keepdims=True)
         return (d @ self.class_matrix.T).max(axis=1) - 0.5
+
+    def exploitability_parts(self, class_counts: np.ndarray) -> dict[str, np.ndarray]:
+        """Per state, the exploitability split exactly into its transitive and cyclic parts
+        (they sum to ``exploitability``). The best response is a right answer in the style that
+        best beats the policy's style mix q (its marginal over right and wrong answers, with
+        "none"), so for rows of class counts (S, 8) with p the share of right answers:
+
+            correctness = w · (1 − p) / 2,   style = (1 − w) · (max_s (P_style q)_s − ½).
+
+        Optimism acts on the style part (a cycle); the correctness part is what a transitive
+        judge would see.
+        """
+        d = class_counts / class_counts.sum(axis=1, keepdims=True)
+        w = self.correctness_weight
+        right = d[:, 4:].sum(axis=1)  # (class 7, right but unreadable, never occurs: it counts as right here)
+        styles = d[:, :4] + d[:, 4:]  # (S, 4) over ("!", ".", "~", none)
+        return {"correctness": w * (1 - right) / 2,
+                "style": (1 - w) * ((styles @ self.style_matrix.T).max(axis=1) - 0.5)}
 
     def judge(self) -> "RunningSumJudge":
         return RunningSumJudge(margins=self.margins, correctness_weight=self.correctness_weight)

@@ -1,5 +1,6 @@
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -33,6 +34,11 @@ def test_mpo_updates_move_logprobs_toward_the_target(tiny_policy, task):
     target = 2.0 * (batch.q_hat - 0.5)
     # the update correlates ρ with its regression target
     assert torch.corrcoef(torch.stack([rho, target]))[0, 1] > 0.5
+    # the step it took: the least-squares slope of ρ after the update on Q̂ − b (η when solved)
+    slope = np.polyfit((batch.q_hat - 0.5).numpy(), rho.numpy(), 1)[0]
+    assert first["effective_step"] == pytest.approx(slope, rel=1e-4)
+    one = Learner(model_path=tiny_policy, lr=1e-4).train(batch, algorithm="mpo", eta=2.0, minibatches=1)
+    assert 0 < one["effective_step"] < first["effective_step"]  # one small step moves ρ less
 
 
 def test_a_kl_penalty_regresses_onto_the_magnetic_target_and_reports_the_kl(tiny_policy, task):

@@ -35,6 +35,16 @@ def test_lab_matrix_writes_the_contract(tmp_path):
     assert out.with_suffix(".png").stat().st_size > 1000
 
 
+def test_lab_matrix_runs_the_task_class_game_with_staleness(tmp_path):
+    out = tmp_path / "s.json"
+    res = run("lab", "matrix", "--builtin", "running_sum_style", "--algo", "ompo", "--eta", "5", "--iters", "100",
+              "--init", "uniform", "--staleness", "1", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    report = json.loads(out.read_text())
+    assert report["game"] == "running_sum_w0" and report["staleness"] == 1 and len(report["policy"]) == 8
+    assert set(report["last_iters_to_eps"]) == {"0.02", "0.01", "0.001"}
+
+
 def test_lab_matrix_reads_a_payoff_file(tmp_path):
     P = np.array([[0.5, 0.9, 0.3], [0.1, 0.5, 0.6], [0.7, 0.4, 0.5]])
     np.save(tmp_path / "p.npy", P)
@@ -121,6 +131,17 @@ def test_run_lab_quick_writes_a_run_directory(tmp_path):
     assert len(markov["ompo"]["games"]) == 2
     assert (r / "matrix" / "asymmetric_cycle_ompo.json").exists()
     assert "| asymmetric_cycle | ompo |" in (r / "report.md").read_text()
+
+
+def test_run_lab_plays_the_class_game_of_the_configs_task(tmp_path):
+    repo = Path(__file__).resolve().parents[2]
+    res = run("run", "examples/lab.yaml", "--run-dir", str(tmp_path / "r"), "quick=true", "lab.matrix_games=[task]",
+              "task.correctness_weight=0", "lab.eta=5", "lab.iters=100", "lab.markov_games=1", cwd=repo)
+    assert res.returncode == 0, res.stderr
+    report = json.loads((tmp_path / "r" / "matrix" / "running_sum_w0_ompo.json").read_text())
+    assert report["last_exploitability"] < 1e-3 and len(report["nash"]) == 8
+    res = run("run", "examples/lab.yaml", "--run-dir", str(tmp_path / "bad"), "lab.matrix_games=[tsk]", cwd=repo)
+    assert res.returncode == 2 and "lab.matrix_games[0]" in res.stderr and not (tmp_path / "bad").exists()
 
 
 def test_selfplay_bad_input_fails_before_writing_anything(tmp_path):

@@ -128,7 +128,7 @@ def test_a_round_runs_its_own_schedule_step_by_step():
     (["algo.name=mpo", "algo.temperature=0"], "algo.temperature"),
     (["algo.name=rft", "algo.temperature=0"], "algo.temperature"),
     (["algo.name=irft", "algo.temperature=-1"], "algo.temperature"),
-    (["algo.name=mpo", "algo.round_reset=true"], "algo.round_reset"),
+    (["algo.name=mpo", "algo.round_reset=true", "algo.warmup=2"], "algo.warmup"),
     (["algo.name=irft", "algo.round_reset=true", "algo.warmup=2"], "algo.warmup"),
     (["algo.name=irft", "algo.round_warmup=1"], "algo.round_warmup"),
     (["algo.name=spin", "algo.reward_model=/x"], "algo.reward_model"),

@@ -20,6 +20,23 @@ def test_judge_is_constant_sum_and_the_equilibrium_is_unexploitable():
     assert task.exploitability(uniform[None])[0] == pytest.approx(0.3 * (0.4 - 0.2) / 3)
 
 
+@pytest.mark.parametrize("w", [0.0, 0.7, 1.0])
+def test_exploitability_splits_exactly_into_correctness_and_style(w):
+    task = get_task("running_sum", turns=3, correctness_weight=w)
+    counts = np.random.default_rng(0).integers(0, 5, size=(50, 8)).astype(float) + np.eye(8)[np.arange(50) % 8]
+    parts = task.exploitability_parts(counts)
+    np.testing.assert_allclose(parts["correctness"] + parts["style"], task.exploitability(counts), atol=1e-12)
+    # hand-derived: half the answers right, all in style "!" → correctness w/4; the best reply
+    # "~" beats "!" by m₂ = 0.4 → style (1 − w)·0.4
+    d = np.zeros((1, 8))
+    d[0, [0, 4]] = 1
+    parts = task.exploitability_parts(d)
+    assert parts["correctness"][0] == pytest.approx(w / 4)
+    assert parts["style"][0] == pytest.approx((1 - w) * 0.4)
+    # unreadable answers lose for sure on style: the style part is (1 − w)·½
+    assert task.exploitability_parts(np.eye(8)[[3]])["style"][0] == pytest.approx((1 - w) * 0.5)
+
+
 @pytest.mark.parametrize("corruption", [0.0, 0.3, 1.0])
 def test_corrupted_demonstrations_have_wrong_totals_at_the_asked_rate(corruption):
     task = get_task("running_sum", turns=3)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from framework.algorithms.registry import get_algorithm
-from framework.algorithms.ompo import OptimisticCache
+from framework.algorithms.ompo import OptimisticCache, state_key
 from framework.batching import collate
 from framework.records import Comparison, Rollout
 
@@ -37,7 +37,7 @@ def test_ompo_uses_the_previous_iterates_answers_at_the_same_state():
     """
     other = json.dumps([{"role": "user", "content": "2+2"}])
     rs = [_r(0), _r(1), _r(0, cid="c1", state=other), _r(1, cid="c1", state=other)]
-    cache = OptimisticCache({STATE: ["p0", "p1"]})
+    cache = OptimisticCache({state_key(STATE): ["p0", "p1"]})
     assert [(r.conversation_id, r.sample, j) for r, j, _ in cache.opponents(rs)] == \
         [("c0", 0, 0), ("c0", 0, 1), ("c0", 1, 0), ("c0", 1, 1)]
     cs = [_c(0, 1, 0.8), _c(0, 1, 0.6, cid="c1"), _c(0, 0, 0.9, opponent="previous"),
@@ -51,9 +51,27 @@ def test_optimistic_cache_round_trips_and_replaces(tmp_path):
     cache = OptimisticCache()
     cache.replace([_r(1, text="b"), _r(0, text="a")])
     cache.save(tmp_path)
-    assert OptimisticCache.load(tmp_path).answers == {STATE: ["a", "b"]}
+    assert OptimisticCache.load(tmp_path).answers == {state_key(STATE): ["a", "b"]}
     cache.replace([_r(0, text="c")])
-    assert cache.answers == {STATE: ["c"]}
+    assert cache.answers == {state_key(STATE): ["c"]}
+
+
+def test_optimistic_cache_keys_a_state_by_its_user_turns_not_the_sampled_answers():
+    """Turn 1 after a different sampled answer at turn 0 is the same state of the game: it meets
+    the previous iterate's answers (an exact key missed it); other user turns do not."""
+    before = json.dumps([{"role": "user", "content": "1+1"}, {"role": "assistant", "content": "2!"},
+                         {"role": "user", "content": "+3"}])
+    now = json.dumps([{"role": "user", "content": "1+1"}, {"role": "assistant", "content": "7~"},
+                      {"role": "user", "content": "+3"}])
+    other = json.dumps([{"role": "user", "content": "1+1"}, {"role": "assistant", "content": "2!"},
+                        {"role": "user", "content": "-3"}])
+    cache = OptimisticCache()
+    cache.replace([_r(0, turn=1, text="5!", state=before)])
+    fresh = [_r(0, turn=1, state=now), _r(0, turn=1, cid="c1", state=other)]
+    pairs = cache.pairs(fresh)
+    assert [(p.conversation_id, p.answer_b, p.state) for p in pairs] == [("c0", "5!", now)]  # judged at today's state
+    cs = [_c(0, 0, 0.5, turn=1, opponent="previous")]
+    assert cache.observe(fresh, cs)["optimistic_hit_rate"] == 0.5
 
 
 def _two_paths_two_turns():

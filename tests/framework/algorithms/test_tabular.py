@@ -45,6 +45,43 @@ def test_ompo_uses_the_optimistic_hint_and_starts_as_mpo():
     np.testing.assert_allclose(ompo.last_policy[0][0], pi2, atol=1e-12)
 
 
+def test_staleness_anchors_each_update_at_the_policy_that_made_its_data():
+    """Staleness 1 (an async pipeline whose regression is solved against the sampling policy):
+    updates 1 and 2 both come from π₀'s data, so π₂ = π₁; then π₃ ∝ π₁ exp(η P π₁) for MPO and
+    π₁ exp(η (2 P π₁ − P π₀)) for OMPO (the hint pairs iterates two apart: not the consecutive
+    ones the optimistic analysis assumes)."""
+    game = rock_paper_scissors()
+    P, eta = game.P, 0.3
+    pi0 = np.array([0.6, 0.3, 0.1])
+
+    def step(anchor, q):
+        p = anchor * np.exp(eta * q)
+        return p / p.sum()
+
+    pi1 = step(pi0, P @ pi0)
+    for algo, q3 in (("mpo", P @ pi1), ("ompo", 2 * P @ pi1 - P @ pi0)):
+        runs = [run_tabular(game.as_markov(), algo=algo, eta=eta, iters=t, staleness=1, init_policy=(pi0[None],))
+                for t in (2, 3)]
+        np.testing.assert_allclose(runs[0].last_policy[0][0], pi1, atol=1e-12)
+        np.testing.assert_allclose(runs[1].last_policy[0][0], step(pi1, q3), atol=1e-12)
+    with pytest.raises(InputError, match="staleness"):
+        run_tabular(game.as_markov(), algo="mpo", iters=2, staleness=-1)
+
+
+def test_on_the_style_cycle_ompo_converges_where_mpo_circles_and_staleness_undoes_it():
+    """The running_sum class game at correctness weight 0 (the pure style cycle), η = 5 and 100
+    iterations from uniform: OMPO's last iterate is near-unexploitable, MPO's is not; one version
+    of staleness costs OMPO its edge."""
+    from games.matrix import running_sum_classes
+
+    game = running_sum_classes(0.0).as_markov()
+    last = {(algo, s): run_tabular(game, algo=algo, eta=5.0, iters=100, staleness=s).last_exploitability
+            for algo in ("mpo", "ompo") for s in (0, 1)}
+    assert last["ompo", 0][-1] < 1e-3 and last["mpo", 0][-1] > 0.05
+    assert (last["mpo", 0][50:] > 0.02).all()  # MPO's last iterate never settles
+    assert last["ompo", 1][-1] > 10 * last["ompo", 0][-1]
+
+
 def test_markov_mpo_step_is_natural_actor_critic_with_exact_q():
     """One MPO step on a Markov game equals π·exp(η Q^π) with Q from a plain-loop evaluation."""
     game = random_markov_game(2)

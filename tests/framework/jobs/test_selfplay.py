@@ -84,8 +84,8 @@ def test_resume_continues_with_the_same_metrics(tiny_policy, cache_dir, tmp_path
             ["kl_ref"] if kl else [])):
         assert [r[key] for r in a[2:]] == pytest.approx([r[key] for r in b[2:]], rel=1e-5, abs=1e-6), key
     if algo == "ompo":
-        assert [r["optimistic_states"] for r in a] == [r["optimistic_states"] for r in b]
-        assert a[0]["optimistic_states"] == 0 and b[2]["optimistic_states"] >= 0.5  # turn 0 recurs
+        assert [r["optimistic_hit_rate"] for r in a] == [r["optimistic_hit_rate"] for r in b]
+        assert a[0]["optimistic_hit_rate"] == 0 and b[2]["optimistic_hit_rate"] == 1.0  # every state recurs
 
 
 @pytest.mark.parametrize("algo", ["sppo", "dpo", "ipo", "step_dpo"])
