@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, flag_override
 from omegaconf.errors import OmegaConfBaseException
 
 from framework.algorithms.registry import algorithm_names, get_algorithm, implementing
@@ -879,6 +879,12 @@ class CompareConfig:
     ones), chosen on the first variant and seed and used for all. Empty: ``algo.lr`` as given."""
     validation_conversations: int = 100
     """``compare_irl``: held-out conversations of the validation states that choose the lr."""
+    grid: dict[str, Any] = field(default_factory=dict)
+    """``job: compare``: one shared grid, config key → values (e.g. ``{algo.lr: [0.001, 0.002],
+    algo.eta: [2.0, 5.0]}``); every method runs each point of its product on the first seed and
+    keeps the one with the best win rate against the SFT start on the periodic evaluation's states
+    (held out, and not the final evaluation's), which then runs on every seed. A point overrides
+    ``compare.overrides``. Empty: each method as configured."""
     finished_only: bool = False
     """``compare_dp``: report the runs already finished under the run directory and start none
     (the report lists what is missing): to read a comparison whose seeds run as separate
@@ -899,6 +905,11 @@ class CompareConfig:
         for v, over in self.variants.items():
             if not isinstance(over, (list, tuple)) or not all(isinstance(o, str) and "=" in o for o in over):
                 raise ConfigError(f"variants.{v}", f"expected a list of 'key=value' strings, got {over!r}")
+        for key, values in self.grid.items():
+            if not isinstance(key, str) or "=" in key or "." not in key:
+                raise ConfigError("grid", f"expected config keys such as algo.lr, got {key!r}")
+            if not isinstance(values, (list, tuple)) or not values:
+                raise ConfigError(f"grid.{key}", f"expected a non-empty list of values, got {values!r}")
         if not all(isinstance(lr, (int, float)) and lr > 0 for lr in self.lr_grid):
             raise ConfigError("lr_grid", f"expected learning rates > 0, got {list(self.lr_grid)}")
         if self.validation_conversations < 1:
@@ -1000,12 +1011,13 @@ class Config:
 
 
 #: What ``quick=true`` changes: small enough for a smoke run of every example (< 3 minutes for a
-#: single run here; a comparison runs one seed of each of its runs, < 10 minutes).
+#: single run here; a comparison runs one seed of each of its runs, without a tuning grid, < 10 minutes).
 QUICK = {"compare.seeds": [0], "demos.count": 400, "lab.iters": 300, "lab.markov_games": 2,
          "train.iterations": 12, "warm_start.steps": 300, "eval.every": 6, "eval.conversations": 20,
          "eval.final_conversations": 40, "checkpoint.every": 6,
          "dp.public_steps": 40, "dp.private_steps": 40, "dp.batch_size": 64, "dp.public_batch_size": 0, "dp.eval_every": 20,
-         "dp.eval_sequences": 128, "dp.corpus.max_chars": 300_000, "dp.canaries": 100, "train_judge.epochs": 1}
+         "dp.eval_sequences": 128, "dp.corpus.max_chars": 300_000, "dp.canaries": 100, "train_judge.epochs": 1,
+         "compare.grid": {}}
 
 
 def _first_line(e: Exception) -> str:
@@ -1110,11 +1122,27 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     try:
         merged = OmegaConf.merge(schema, *layers, cli)
         if merged.quick:
-            merged = OmegaConf.merge(schema, *layers, OmegaConf.from_dotlist(
-                [f"{k}={v}" for k, v in QUICK.items()]), cli)
+            layers.append(OmegaConf.create({}))
+            for k, v in QUICK.items():
+                OmegaConf.update(layers[-1], k, v, merge=False)
+            merged = OmegaConf.merge(schema, *layers, cli)
+        for key in REPLACED:  # a later layer's mapping replaces an earlier one's (OmegaConf would merge them)
+            for layer in (cli, *reversed(layers)):
+                value = OmegaConf.select(layer, key, default=_UNSET)
+                if value is not _UNSET:
+                    parent, name = key.rsplit(".", 1)
+                    node = OmegaConf.select(merged, parent)
+                    with flag_override(node, "readonly", False):
+                        node[name] = value
+                    break
     except OmegaConfBaseException as e:
         raise _merge_error(e, schema, list(overrides)) from None
     return _resolved(merged)
+
+
+#: Mappings a config layer sets as a whole: the command line's (or quick's) replaces the file's.
+REPLACED = ("compare.overrides", "compare.variants", "compare.grid")
+_UNSET = object()
 
 
 def _merge_error(e: OmegaConfBaseException, schema, overrides: list[str]) -> ConfigError:

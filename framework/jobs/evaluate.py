@@ -44,6 +44,7 @@ def evaluate(cluster, policy: Handle[RolloutGenerator], reference: Handle[Rollou
     if task.response_classes:
         counts = class_counts(task, states, [[x.text for x in g] for g in cur])
         out["exploitability"] = float(task.exploitability(counts).mean())
+        out["class_mix"] = (counts.sum(axis=0) / counts.sum()).tolist()  # over every sampled answer
         parts = task.exploitability_parts(counts)
         out.update({f"exploitability_{part}": float(values.mean()) for part, values in parts.items()})
         if samples > 1:  # the cross-validated estimate (a best response fitted on the other answers)

@@ -136,3 +136,20 @@ def test_a_round_runs_its_own_schedule_step_by_step():
 def test_demonstration_settings_are_refused_where_they_mean_nothing(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(None, override)
+
+
+def test_a_comparisons_mappings_are_replaced_by_a_later_layer_not_merged():
+    """compare.overrides / variants / grid given on the command line (or by quick=true) replace the
+    file's mapping: a merge would keep the file's other entries (a variant nobody asked for)."""
+    cfg = load_config("examples/compare_style_cycle.yaml", ["compare.overrides={dpo: [algo.eta=3.0]}"])
+    assert cfg.compare.overrides == {"dpo": ["algo.eta=3.0"]}
+    assert set(load_config("examples/compare_style_cycle.yaml").compare.overrides) == {"dpo", "ipo", "step_dpo"}
+    assert load_config("examples/compare_dp.yaml", ["compare.variants={x: [dp.target_epsilon=1]}"]).compare.variants \
+        == {"x": ["dp.target_epsilon=1"]}
+    assert load_config("examples/compare_nontransitive.yaml", ["quick=true"]).compare.grid == {}  # no tuning in quick
+    assert load_config("examples/compare_nontransitive.yaml", ["quick=true", "compare.grid={algo.lr: [0.1]}"]
+                       ).compare.grid == {"algo.lr": [0.1]}
+    with pytest.raises(ConfigError, match=r"compare\.grid\.algo\.lr"):
+        load_config(None, ["compare.grid={algo.lr: 3}"])
+    with pytest.raises(ConfigError, match=r"compare\.grid"):
+        load_config(None, ["compare.grid={lr: [3]}"])

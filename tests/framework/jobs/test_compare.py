@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from framework.jobs import run_job
 from framework.jobs.reports import aggregate
 
@@ -40,3 +42,29 @@ def test_aggregate_means_and_sample_std():
     assert abs(out["win_rate_vs_sft"] - 0.65) < 1e-12 and abs(out["win_rate_vs_sft_std"] - 0.0707107) < 1e-6
     assert abs(out["win_rate_vs_sft_ci95"] - 0.025) < 1e-12  # √(.03² + .04²)/2
     assert out["samples_std"] == 0.0 and out["wall_s"] == 2.0
+
+
+def test_a_shared_grid_tunes_each_method_on_validation_states_and_reuses_the_chosen_run(small_config, tmp_path):
+    cfg = small_config("job=compare", "train.iterations=2", "eval.every=1", "pipeline.ray=false",
+                       "pipeline.mode=sync", "train.fixed_prompts=true", "compare.methods=[sft,mpo,ompo]",
+                       "compare.seeds=[0,1]", "compare.grid={algo.lr: [0.0001, 0.003]}", "algo.round_reset=true")
+    run_job(cfg, tmp_path)
+    selection = json.loads((tmp_path / "selection.json").read_text())
+    for method in ("mpo", "ompo"):
+        scores = selection[method]["validation_win_rate"]
+        assert set(scores) == {"algo.lr=0.0001", "algo.lr=0.003"}
+        assert selection[method]["chosen"] == max(scores, key=scores.get)
+        best = list(scores).index(selection[method]["chosen"])
+        # the chosen point's run is the first seed's; the second seed ran with the chosen point
+        assert (tmp_path / "runs" / f"{method}-seed0").resolve() == (tmp_path / "runs" / "grid" / f"{method}-p{best}")
+        assert selection[method]["chosen"].split("=")[1] in (tmp_path / "runs" / f"{method}-seed1" / "config.yaml").read_text()
+    table = json.loads((tmp_path / "comparison.json").read_text())
+    for key in ("exploitability_style", "exploitability_correctness", "effective_step", "lab_exploitability"):
+        assert isinstance(table["mpo"][key], float), key
+    assert table["ompo"]["optimistic_hit_rate"] == 1.0  # the cache is keyed by the user turns: every state recurs
+    assert "optimistic_hit_rate" not in table["mpo"]
+    assert table["mpo"]["exploitability"] == pytest.approx(
+        table["mpo"]["exploitability_style"] + table["mpo"]["exploitability_correctness"])
+    targets = json.loads((tmp_path / "targets.json").read_text())
+    assert {"ompo_style_le_half_mpo", "ompo_reaches_style_eps_first", "mpo_cycles_regime", "mpo_beats_sft"} <= set(targets)
+    assert "## Tuning" in (tmp_path / "comparison.md").read_text()
