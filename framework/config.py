@@ -611,7 +611,7 @@ class EvalConfig:
     final_samples: Optional[int] = None
     """Answers sampled per held-out state at the start and final evaluations (default: ``samples``).
     Exploitability is a maximum over a per-state estimate of the class mix, so few samples bias it
-    upward: +0.028 at running_sum's equilibrium with 4, +0.007 with 16 (the comparisons use 16)."""
+    upward: +0.028 at running_sum's equilibrium with 4, +0.014 with 16 (the comparisons use 16)."""
 
     def __post_init__(self):
         for name in ("every", "conversations", "final_conversations", "samples"):

@@ -114,6 +114,10 @@ class Trainer(Protocol):
         """(module, optimizer) of a model trained beside the policy, saved with it."""
 
 
+#: examples the effective step is measured on (a forward pass after the update)
+STEP_SAMPLE = 256
+
+
 def fitted_slope(target: torch.Tensor, rho: torch.Tensor) -> float | None:
     """The least-squares slope of ``rho`` on ``target`` (with an intercept); None when the target
     does not vary."""
@@ -139,10 +143,11 @@ def regress(trainer: Trainer, batch: TrainBatch, *, loss: Callable[..., torch.Te
     log π_t(a|s) − log π_ref(a|s) over the samples, an estimate of that KL.
 
     A mirror-descent method names its ``target`` (per example, per unit of η: ρ is regressed onto
-    η·target). ``effective_step`` is then the step the update took: the slope of ρ after the
-    update on the target, over the batch (one more forward pass). It is η when the regression is
-    solved; a few steps of a small learning rate leave it well below (``algo.round_reset`` and
-    ``algo.epochs`` solve each iteration's regression).
+    η·target). ``effective_step`` is then the step the update took: the least-squares slope of ρ
+    after the update on the target, measured by one more forward pass over up to ``STEP_SAMPLE``
+    examples spread over the batch. It is η when the regression is solved; a few steps of a small
+    learning rate leave it well below (``algo.round_reset`` and ``algo.epochs`` solve each
+    iteration's regression).
     """
     examples = len(torch.unique(batch.example))
     extra, kl = ({"kl_coef": kl_coef}, {"kl_ref": 0.0}) if kl_coef else ({}, {})
@@ -165,10 +170,13 @@ def regress(trainer: Trainer, batch: TrainBatch, *, loss: Callable[..., torch.Te
             norms.append(trainer.step(value))
             losses.append(float(value.detach()))
     fit = {}
-    if target is not None:
+    if target is not None:  # (on up to STEP_SAMPLE examples spread over the batch: one cheap forward)
+        ids = torch.unique(batch.example)
+        sample = batch.rows(torch.isin(batch.example, ids[torch.linspace(0, len(ids) - 1, min(len(ids), STEP_SAMPLE),
+                                                                        device=ids.device).long()]))
         with torch.no_grad():
-            after, _ = batch.per_example(trainer.logp(batch) - batch.logp_old)
-        fit["effective_step"] = fitted_slope(target(batch=batch, tau=tau, kl_coef=kl_coef), after)
+            after, _ = sample.per_example(trainer.logp(sample) - sample.logp_old)
+        fit["effective_step"] = fitted_slope(target(batch=sample, tau=tau, kl_coef=kl_coef), after)
     return {"loss": sum(losses) / len(losses), "grad_norm": sum(norms) / len(norms),
             "rho_mean": float(torch.cat(rhos).mean()), "behaviour_gap": behaviour_gap, "examples": examples,
             **kl, **fit}

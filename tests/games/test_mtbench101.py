@@ -80,7 +80,8 @@ def test_a_run_on_mtbench_format_data_and_a_malformed_file_loses_nothing(length_
             "judge.kind=custom", f"judge.target={length_judge}", "model.max_new_tokens=6",
             "warm_start.steps=10", "warm_start.demonstrations=40", "train.iterations=2", "train.conversations=4",
             "eval.every=1", "eval.conversations=4", "eval.final_conversations=4", "eval.samples=2",
-            "pipeline.ray=false", "pipeline.mode=sync", "compare.methods=[sft,mpo]", "compare.seeds=[0]"]
+            "pipeline.ray=false", "pipeline.mode=sync", "compare.methods=[sft,mpo]", "compare.seeds=[0]",
+            "compare.grid={}", "eval.final_samples=2", "algo.k=2", "algo.epochs=1"]
     assert main(args) == 0
     table = json.loads((run_dir / "comparison.json").read_text())
     assert set(table) == {"sft", "mpo"} and "exploitability" not in table["mpo"]  # no response classes
