@@ -135,6 +135,30 @@ def stand_in(cfg: Config, task, start: dict, method: str, eta: float) -> dict:
             "curve": run.last_exploitability}
 
 
+def result(cfg: Config, task, method: str, seed: int, point: tuple[str, ...], summary: dict,
+           metrics: list[dict]) -> tuple[dict, list, list]:
+    """One run's row of ``comparison_seeds.json`` and its exploitability and (cross-validated)
+    style-exploitability curves, (iteration, value) from the start."""
+    start = summary["start"]
+    curve = [(0, start.get("exploitability"))] + [(m["iteration"], m["exploitability"]) for m in metrics
+                                                  if m.get("exploitability") is not None]
+    style = [(0, start.get("exploitability_style_cv"))] + [(m["iteration"], m.get("exploitability_style_cv"))
+                                                          for m in metrics if m.get("exploitability") is not None]
+    never = cfg.train.iterations + 1
+    row = {**evaluation(summary["final"]), "samples": summary["samples_generated"], "wall_s": summary["wall_s"],
+           "effective_step": mean_of(metrics, "effective_step"),
+           "optimistic_hit_rate": mean_of(metrics, "optimistic_hit_rate", skip_first=True),
+           "iters_to_style": first_reach(style, STYLE_EPS, never) if style[0][1] is not None else None}
+    if method in ("mpo", "ompo") and "class_mix" in start:
+        eta = method_config(cfg, method, seed, point=point).algo.eta
+        measured = stand_in(cfg, task, start, method, row["effective_step"] or eta)
+        row.update(lab_exploitability=measured["exploitability"],
+                   lab_exploitability_style=measured["exploitability_style"],
+                   lab_iters_to_style=first_reach(list(enumerate(measured["curve"], 1)), STYLE_EPS, never),
+                   lab_exploitability_nominal=stand_in(cfg, task, start, method, eta)["exploitability"])
+    return row, curve, style
+
+
 def run(cfg: Config, run_dir: Path) -> dict:
     run_dir = Path(run_dir)
     task = get_task(**dataclasses.asdict(cfg.task))
@@ -152,32 +176,15 @@ def run(cfg: Config, run_dir: Path) -> dict:
             summary = run_or_reuse(method_config(cfg, method, seed, point=tuned[method][0]), sub,
                                    f"compare {method}, seed {seed}", selfplay.run)
             metrics = [json.loads(line) for line in (sub / "metrics.jsonl").read_text().splitlines()]
-            start, iterations = summary["start"], cfg.train.iterations
+            start = summary["start"]
             if i == 0 and START in per_seed:
                 per_seed[START].append({**evaluation(start), "samples": 0, "wall_s": 0.0})
                 curves[START].append([(0, start.get("exploitability"))])
                 style_curves[START].append([(0, start.get("exploitability_style_cv"))])
             if method in per_seed:
-                style = [(0, start.get("exploitability_style_cv"))] + [
-                    (m["iteration"], m.get("exploitability_style_cv")) for m in metrics
-                    if m.get("exploitability") is not None]
-                row = {**evaluation(summary["final"]), "samples": summary["samples_generated"],
-                       "wall_s": summary["wall_s"], "effective_step": mean_of(metrics, "effective_step"),
-                       "optimistic_hit_rate": mean_of(metrics, "optimistic_hit_rate", skip_first=True),
-                       "iters_to_style": first_reach(style, STYLE_EPS, never=iterations + 1)
-                       if task.response_classes and start.get("exploitability_style_cv") is not None else None}
-                if method in ("mpo", "ompo") and "class_mix" in start:
-                    eta = method_config(cfg, method, seed, point=tuned[method][0]).algo.eta
-                    measured = stand_in(cfg, task, start, method, row["effective_step"] or eta)
-                    row.update(lab_exploitability=measured["exploitability"],
-                               lab_exploitability_style=measured["exploitability_style"],
-                               lab_iters_to_style=first_reach(list(enumerate(measured["curve"], 1)), STYLE_EPS,
-                                                            never=iterations + 1),
-                               lab_exploitability_nominal=stand_in(cfg, task, start, method, eta)["exploitability"])
+                row, curve, style = result(cfg, task, method, seed, tuned[method][0], summary, metrics)
                 per_seed[method].append(row)
-                curves[method].append([(0, start.get("exploitability"))] +
-                                      [(m["iteration"], m["exploitability"]) for m in metrics
-                                       if m.get("exploitability") is not None])
+                curves[method].append(curve)
                 style_curves[method].append(style)
     table = aggregate(per_seed, METRICS)
     targets = target_checks(cfg, table, per_seed)
@@ -195,9 +202,10 @@ def run(cfg: Config, run_dir: Path) -> dict:
 
 
 def target_checks(cfg: Config, table: dict, per_seed: dict) -> dict:
-    """The comparison's targets (issue 19), each with its figures and whether it is met; only
-    those whose methods ran. On the pure style cycle (``task.correctness_weight = 0``) the
-    optimism targets, on the full task the win-rate ones."""
+    """The comparison's targets, each with its figures and whether it is met (those whose methods
+    ran): OMPO against MPO on style exploitability — the point of the pure style cycle
+    (``task.correctness_weight=0``), in a regime where MPO's step × iterations ≥ 200 — and MPO's
+    and OMPO's win rates against the SFT start and the pair methods, the point of the full task."""
     out: dict = {}
     if "mpo" in table and "ompo" in table:
         m, o = table["mpo"], table["ompo"]
