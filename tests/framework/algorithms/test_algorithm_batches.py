@@ -136,3 +136,18 @@ def test_monte_carlo_and_terminal_q_by_hand():
     torch.testing.assert_close(terminal.baseline, torch.tensor([0.5, 0.5]))
     one_step = mpo.build_batch(rs, cs, keep="all", pad_id=0)  # continuations are ignored
     torch.testing.assert_close(one_step.q_hat, torch.tensor([0.65, 0.35]))
+
+
+def test_mirror_descent_targets_per_unit_of_eta():
+    """What effective_step regresses ρ onto: MPO Q̂ − b (− β(log π_t − log π_ref)), OMPO
+    2Q̂ᵗ − Q̂ᵗ⁻¹ − τ − b, SPPO the conversation's P̂ − ½ once per example; pair methods have none."""
+    batch = collate([[1]] * 3, [[2]] * 3, pad_id=0, q_hat=[0.75, 0.5, 0.25], q_hat_prev=[0.5, 0.5, 0.5],
+                    baseline=[0.5] * 3, logp_old=[-1.0, -2.0, -3.0], logp_ref=[-1.5, -2.0, -2.0])
+    torch.testing.assert_close(get_algorithm("mpo").target(batch=batch), torch.tensor([0.25, 0.0, -0.25]))
+    torch.testing.assert_close(get_algorithm("mpo").target(batch=batch, kl_coef=0.1),
+                               torch.tensor([0.25 - 0.05, 0.0, -0.25 + 0.1]))
+    torch.testing.assert_close(get_algorithm("ompo").target(batch=batch, tau=0.1),
+                               torch.tensor([0.4, -0.1, -0.6]))
+    paths = collate([[1]] * 3, [[2]] * 3, pad_id=0, q_hat=[0.7, 0.7, 0.2], example=[0, 0, 1])
+    torch.testing.assert_close(get_algorithm("sppo").target(batch=paths), torch.tensor([0.2, -0.3]))
+    assert all(get_algorithm(m).target is None for m in ("dpo", "ipo", "step_dpo"))
