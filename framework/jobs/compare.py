@@ -242,6 +242,29 @@ def target_checks(cfg: Config, table: dict, per_seed: dict) -> dict:
     return out
 
 
+def describe(name: str, t: dict) -> str:
+    """A target of ``target_checks`` in words, with its figures."""
+    if name.startswith("ompo_style"):
+        kind = "cross-validated" if "_cv_" in name else "plug-in"
+        return (f"OMPO's last-iterate style exploitability ≤ ½ MPO's ({kind}): {t['ompo']:.3f} vs "
+                f"½·{t['mpo']:.3f} = {t['mpo'] / 2:.3f}")
+    if name == "ompo_reaches_style_eps_first":
+        def its(values):
+            return ", ".join("never" if v == t["never"] else str(v) for v in values)
+        return (f"OMPO reaches cross-validated style exploitability ≤ {t['eps']} in fewer iterations than MPO on "
+                f"every seed: OMPO {its(t['ompo'])}; MPO {its(t['mpo'])}")
+    if name == "mpo_cycles_regime":
+        return (f"MPO in the cycling regime, effective step × iterations ≥ 200: {t['effective_step']:.2f} × "
+                f"{t['iterations']} = {t['product']:.0f}")
+    method = name.split("_")[0].upper()
+    if name.endswith("beats_sft"):
+        return (f"{method} beats the SFT start (interval above ½): {t['win_rate_vs_sft']:.3f} − {t['ci95']:.3f} = "
+                f"{t['win_rate_vs_sft'] - t['ci95']:.3f}")
+    pairs = {k: v for k, v in t.items() if k != "met"}
+    return (f"{method}'s win rate against the SFT start above every pair method's, 95% intervals apart: " +
+            ", ".join(f"{p} {v['margin']:+.3f}{'' if v['intervals_apart'] else ' (overlapping)'}" for p, v in pairs.items()))
+
+
 def markdown(cfg: Config, table: dict, per_seed: dict, targets: dict, wall: float, selection: dict) -> str:
     def cell(entry, key, fmt):
         if key not in entry:
@@ -298,9 +321,7 @@ def markdown(cfg: Config, table: dict, per_seed: dict, targets: dict, wall: floa
                 for p in points) + " |")
         lines.append("")
     lines += ["## Targets", ""]
-    for name, t in targets.items():
-        figures = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in t.items() if k != "met")
-        lines.append(f"- `{name}`: {figures} → {'met' if t['met'] else 'missed'}")
+    lines += [f"- {describe(name, t)} → {'met' if t['met'] else 'missed'} (`{name}`)" for name, t in targets.items()]
     lines += ["", "Per-seed figures: `comparison_seeds.json`; targets: `targets.json`; each run's own report: "
               "`runs/<method>-seed<seed>/`.", ""]
     return "\n".join(lines)
