@@ -84,7 +84,7 @@ def cli(*args: str, cwd: Path, cache_dir: Path, timeout: int = 900) -> subproces
 
 
 def test_the_readme_shows_the_commands_this_file_checks():
-    assert len(RUNS) >= 9 and len(LABS) == 3, COMMANDS
+    assert len(RUNS) >= 9 and len(LABS) == 5, COMMANDS
     assert any(c.startswith("alignplay eval ") for c in COMMANDS)
 
 
