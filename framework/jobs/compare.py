@@ -3,7 +3,8 @@
 Every method runs as an ordinary self-play run under ``RUN_DIR/runs/<method>-seed<seed>`` (a
 finished one is reused, so an interrupted comparison continues where it stopped), all from the
 same warm start. The key ``sft`` is that SFT warm start itself, measured by the runs' start
-evaluation (not ``algo.name=sft``, which ``compare_irl`` trains further).
+evaluation (not ``algo.name=sft``, which ``compare_irl`` trains further), made once per seed and
+shared by the runs of that seed (``Starts``).
 
 Writes ``comparison.json`` — top-level keys are method names, each mapping a metric to its mean
 over seeds plus ``<metric>_std`` (the contract every alignplay comparison shares) —
@@ -66,7 +67,27 @@ def preflight(cfg: Config, run_dir: Path) -> None:
                 check_run(method_config(cfg, method, cfg.compare.seeds[0], point=point))
 
 
-def tune(cfg: Config, run_dir: Path, method: str) -> tuple[tuple[str, ...], dict]:
+class Starts:
+    """The SFT start's held-out evaluation, made once per seed and shared by every run that would
+    make the same one (the same seed, starting policy, task, judge, evaluation and backend)."""
+
+    def __init__(self):
+        self.known: dict = {}
+
+    @staticmethod
+    def key(sub: Config) -> str:
+        return strict_json({"seed": sub.seed, "cache_dir": sub.cache_dir, "backend": sub.pipeline.backend,
+                            **{k: dataclasses.asdict(getattr(sub, k)) for k in ("model", "task", "warm_start",
+                                                                                 "judge", "eval")}})
+
+    def run(self, sub: Config, run_dir: Path, label: str) -> dict:
+        """``run_or_reuse`` of a self-play run, starting from a start evaluation already made."""
+        summary = run_or_reuse(sub, run_dir, label, lambda c, d: selfplay.run(c, d, start=self.known.get(self.key(c))))
+        self.known.setdefault(self.key(sub), summary["start"])
+        return summary
+
+
+def tune(cfg: Config, run_dir: Path, method: str, starts: Starts) -> tuple[tuple[str, ...], dict]:
     """The grid point ``method`` runs with: each point on the first seed (``runs/grid/<method>-p<i>``),
     the best by the last periodic evaluation's win rate against the SFT start; that run is also
     the first seed's (``runs/<method>-seed<seed>`` links to it). Returns the point and the record."""
@@ -76,8 +97,7 @@ def tune(cfg: Config, run_dir: Path, method: str) -> tuple[tuple[str, ...], dict
     seed, record = cfg.compare.seeds[0], {}
     for i, point in enumerate(points):
         sub = run_dir / "runs" / "grid" / f"{method}-p{i}"
-        run_or_reuse(method_config(cfg, method, seed, point=point), sub, f"compare {method}, grid {' '.join(point)}",
-                     selfplay.run)
+        starts.run(method_config(cfg, method, seed, point=point), sub, f"compare {method}, grid {' '.join(point)}")
         metrics = [json.loads(line) for line in (sub / "metrics.jsonl").read_text().splitlines()]
         record[" ".join(point)] = [m["win_rate_vs_init"] for m in metrics if m.get("win_rate_vs_init") is not None][-1]
     best = max(range(len(points)), key=lambda i: record[" ".join(points[i])])
@@ -167,14 +187,15 @@ def run(cfg: Config, run_dir: Path) -> dict:
     per_seed: dict = {m: [] for m in cfg.compare.methods}
     curves: dict = {m: [] for m in cfg.compare.methods}
     style_curves: dict = {m: [] for m in cfg.compare.methods}
-    tuned = {method: tune(cfg, run_dir, method) for method in algos}
+    starts = Starts()
+    tuned = {method: tune(cfg, run_dir, method, starts) for method in algos}
     if cfg.compare.grid:
         (run_dir / "selection.json").write_text(strict_json({m: r for m, (_, r) in tuned.items()}, indent=1))
     for seed in cfg.compare.seeds:
         for i, method in enumerate(algos):
             sub = run_dir / "runs" / f"{method}-seed{seed}"
-            summary = run_or_reuse(method_config(cfg, method, seed, point=tuned[method][0]), sub,
-                                   f"compare {method}, seed {seed}", selfplay.run)
+            summary = starts.run(method_config(cfg, method, seed, point=tuned[method][0]), sub,
+                                 f"compare {method}, seed {seed}")
             metrics = [json.loads(line) for line in (sub / "metrics.jsonl").read_text().splitlines()]
             start = summary["start"]
             if i == 0 and START in per_seed:

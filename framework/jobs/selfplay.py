@@ -354,16 +354,20 @@ def evaluate(roles: Roles, task: Task, states: list, samples: int, seed: int) ->
 
 
 # --- the run -----------------------------------------------------------------------------------
-def run(cfg: Config, run_dir: Path, *, progress: bool = True) -> dict:
+def run(cfg: Config, run_dir: Path, *, progress: bool = True, start: dict | None = None) -> dict:
     """Warm start (cached), then self-play; writes metrics, records, checkpoints and a summary.
     A lost learner (or a role past its restarts that cannot be replaced alone) rebuilds every role
-    and continues from the latest checkpoint, up to ``train.max_failures`` times."""
+    and continues from the latest checkpoint, up to ``train.max_failures`` times. ``start`` is the
+    starting policy's held-out evaluation where another run already made the same one (a
+    comparison's runs of one seed): it is not evaluated again (``summary["start_shared"]``)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # private to the user (as the CLI makes it)
     task = get_task(**dataclasses.asdict(cfg.task))
     policy_path = prepare_policy(cfg, task, progress=progress)
     cluster = cluster_for(cfg.pipeline, modules=judge_modules(cfg.judge.kind, cfg.judge.target))
     summary = read_summary(run_dir) if cfg.resume else {}
+    if start is not None and "start" not in summary:
+        summary.update(start=start, start_shared=True)
     bar = tqdm(total=cfg.train.iterations, desc="self-play", disable=not progress, unit="it")
     faults = {"rebuilds": 0, "restarts": getattr(cluster, "restarts", {})}
     resuming, loop_start = cfg.resume, time.perf_counter()

@@ -23,6 +23,11 @@ def test_comparison_writes_the_contract_and_reuses_finished_runs(small_config, t
     # the same sample budget: conversations × turns × K × iterations, whatever the method samples
     assert table["mpo"]["samples"] == table["dpo"]["samples"] == 6 * 2 * 3 * 2
     assert table["sft"]["samples"] == 0
+    # the start is evaluated once per seed: the second method's run shares the first's
+    for seed in (0, 1):
+        first, second = (json.loads((tmp_path / "runs" / f"{m}-seed{seed}" / "summary.json").read_text())
+                         for m in ("mpo", "dpo"))
+        assert second["start"] == first["start"] and second["start_shared"] and "start_shared" not in first
     seeds = json.loads((tmp_path / "comparison_seeds.json").read_text())
     assert table["mpo"]["exploitability"] == sum(r["exploitability"] for r in seeds["mpo"]) / 2
     for name in ("comparison.md", "exploitability.png"):
