@@ -880,7 +880,7 @@ class CompareConfig:
     validation_conversations: int = 100
     """``compare_irl``: held-out conversations of the validation states that choose the lr."""
     grid: dict[str, Any] = field(default_factory=dict)
-    """``job: compare``: one shared grid, config key → values (e.g. ``{algo.lr: [0.001, 0.002],
+    """``job: compare``: one shared grid, config key → values (e.g. ``{algo.lr: [0.0005, 0.001],
     algo.eta: [2.0, 5.0]}``); every method runs each point of its product on the first seed and
     keeps the one with the best win rate against the SFT start on the periodic evaluation's states
     (held out, and not the final evaluation's), which then runs on every seed. A point overrides
