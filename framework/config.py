@@ -534,6 +534,11 @@ class PipelineConfig:
     """Judge actors (each with ``resources.judge``): every iteration's pairs are split between them
     in order; a dead or hung judge is re-created and its share sent again."""
 
+    @property
+    def ahead(self) -> int:
+        """Policy versions generation runs ahead of the learner: 0 in sync mode, else ``max_staleness``."""
+        return 0 if self.mode == "sync" else self.max_staleness
+
     def __post_init__(self):
         if self.max_restarts < 0:
             raise ConfigError("max_restarts", f"must be ≥ 0, got {self.max_restarts}")

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import time
 from pathlib import Path
 
@@ -34,10 +33,10 @@ import numpy as np
 from framework.algorithms.tabular import run_tabular
 from framework.config import Config, with_overrides
 from framework.jobs import selfplay
-from framework.jobs.reports import COMPARE_METRICS, aggregate, plot_curves
+from framework.jobs.lab import task_game
+from framework.jobs.reports import COMPARE_METRICS, aggregate, plot_curves, read_metrics
 from framework.jobs.rundir import strict_json, check_dirs, check_inputs, run_or_reuse
 from games.judges import build_judge
-from games.matrix import MatrixGame
 from games.tasks import get_task
 
 #: ``compare.methods``'s name for the SFT warm start every run starts from (measured, not trained)
@@ -98,7 +97,7 @@ def tune(cfg: Config, run_dir: Path, method: str, starts: Starts) -> tuple[tuple
     for i, point in enumerate(points):
         sub = run_dir / "runs" / "grid" / f"{method}-p{i}"
         starts.run(method_config(cfg, method, seed, point=point), sub, f"compare {method}, grid {' '.join(point)}")
-        metrics = [json.loads(line) for line in (sub / "metrics.jsonl").read_text().splitlines()]
+        metrics = read_metrics(sub)
         record[" ".join(point)] = [m["win_rate_vs_init"] for m in metrics if m.get("win_rate_vs_init") is not None][-1]
     best = max(range(len(points)), key=lambda i: record[" ".join(points[i])])
     headline = run_dir / "runs" / f"{method}-seed{seed}"
@@ -146,9 +145,8 @@ def stand_in(cfg: Config, task, start: dict, method: str, eta: float) -> dict:
     """The exact lab's run of ``method`` on the task's class game from the start's class mix, at
     step ``eta``, for the run's iterations and staleness: last-iterate exploitability and its parts."""
     mix = np.asarray(start["class_mix"]) + 1e-3  # (a class the start never sampled can still grow)
-    staleness = 0 if cfg.pipeline.mode == "sync" else cfg.pipeline.max_staleness
-    run = run_tabular(MatrixGame(task.class_matrix, name=task.name).as_markov(), algo=method, eta=eta,
-                      iters=cfg.train.iterations, init_policy=((mix / mix.sum())[None],), staleness=staleness)
+    run = run_tabular(task_game(cfg).as_markov(), algo=method, eta=eta, iters=cfg.train.iterations,
+                      init_policy=((mix / mix.sum())[None],), staleness=cfg.pipeline.ahead)
     last = run.last_policy[0][0][None]
     return {"exploitability": float(run.last_exploitability[-1]),
             "exploitability_style": float(task.exploitability_parts(last).get("style", [np.nan])[0]),
@@ -196,7 +194,7 @@ def run(cfg: Config, run_dir: Path) -> dict:
             sub = run_dir / "runs" / f"{method}-seed{seed}"
             summary = starts.run(method_config(cfg, method, seed, point=tuned[method][0]), sub,
                                  f"compare {method}, seed {seed}")
-            metrics = [json.loads(line) for line in (sub / "metrics.jsonl").read_text().splitlines()]
+            metrics = read_metrics(sub)
             start = summary["start"]
             if i == 0 and START in per_seed:
                 per_seed[START].append({**evaluation(start), "samples": 0, "wall_s": 0.0})
@@ -293,7 +291,7 @@ def markdown(cfg: Config, table: dict, per_seed: dict, targets: dict, wall: floa
             return "—"
         return f"{entry[key]:{fmt}} ± {entry[f'{key}_std']:{fmt}}"
 
-    staleness = 0 if cfg.pipeline.mode == "sync" else cfg.pipeline.max_staleness
+    staleness = cfg.pipeline.ahead
     lines = [f"# Comparison on `{cfg.task.name}`", "",
              f"{len(cfg.compare.seeds)} seed(s) {list(cfg.compare.seeds)}; per method and seed "
              f"{cfg.train.iterations} iterations × {cfg.train.conversations} conversations × K = {cfg.algo.k} "

@@ -59,16 +59,14 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, disable=not enabled, mininterval=0.5, unit="it")
 
 
-def run_matrix(game, *, algo: str, eta: float = DEFAULT_ETA, iters: int, init="random",
+def run_matrix(game, *, algo: str, eta: float = DEFAULT_ETA, iters: int, init: str = "random",
                seed: int = 0, staleness: int = 0, progress: bool = True) -> dict:
-    """Run one algorithm on one ``MatrixGame``; return the ``lab matrix`` report. ``init`` is
-    ``uniform``, ``random`` or a start policy (a class distribution)."""
+    """Run one algorithm on one ``MatrixGame``; return the ``lab matrix`` report."""
     get_tabular_algo(algo)
     markov = game.as_markov()
-    start = (np.asarray(init, dtype=float)[None],) if not isinstance(init, str) else _init_policy(markov, init, seed)
     with _progress(iters, f"{algo} on {game.name}", progress) as bar:
-        run = run_tabular(markov, algo=algo, eta=eta, iters=iters, init_policy=start, staleness=staleness,
-                          on_iteration=lambda t: bar.update(1))
+        run = run_tabular(markov, algo=algo, eta=eta, iters=iters, init_policy=_init_policy(markov, init, seed),
+                          staleness=staleness, on_iteration=lambda t: bar.update(1))
     nash = game.nash()
     pts = curve_points(iters)
     return {

@@ -412,7 +412,7 @@ def selfplay(cfg: Config, run_dir: Path, task: Task, policy_path: str, cluster, 
         write_summary(run_dir, summary)
     sync = cfg.pipeline.mode == "sync"
     generation = Generation(roles, plan, seed=cfg.seed, iterations=cfg.train.iterations,
-                            ahead=0 if sync else cfg.pipeline.max_staleness, start=state.iteration)
+                            ahead=cfg.pipeline.ahead, start=state.iteration)
     options = {name: getattr(cfg.algo, name) for name in algo.options}
     judge_name = cfg.judge.target or cfg.judge.kind
     for t in range(state.iteration, cfg.train.iterations):
