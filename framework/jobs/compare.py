@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 import time
 from pathlib import Path
 
@@ -54,6 +55,12 @@ def grid_points(cfg: Config) -> list[tuple[str, ...]]:
     keys = list(cfg.compare.grid)
     return [tuple(f"{k}={v}" for k, v in zip(keys, values))
             for values in itertools.product(*(cfg.compare.grid[k] for k in keys))]
+
+
+def point_name(method: str, point: tuple[str, ...]) -> str:
+    """A grid run's directory name: the method and the point's values, ``mpo-lr0.0005-eta5.0``
+    (named by value, so a grid extended later keeps its finished runs)."""
+    return "-".join([method, *(f"{k.rsplit('.', 1)[-1]}{v}" for k, v in (p.split("=", 1) for p in point))])
 
 
 def preflight(cfg: Config, run_dir: Path) -> None:
@@ -87,22 +94,25 @@ class Starts:
 
 
 def tune(cfg: Config, run_dir: Path, method: str, starts: Starts) -> tuple[tuple[str, ...], dict]:
-    """The grid point ``method`` runs with: each point on the first seed (``runs/grid/<method>-p<i>``),
+    """The grid point ``method`` runs with: each point on the first seed (``runs/grid/<point_name>``),
     the best by the last periodic evaluation's win rate against the SFT start; that run is also
     the first seed's (``runs/<method>-seed<seed>`` links to it). Returns the point and the record."""
     points = grid_points(cfg)
     if not cfg.compare.grid:
         return points[0], {}
     seed, record = cfg.compare.seeds[0], {}
-    for i, point in enumerate(points):
-        sub = run_dir / "runs" / "grid" / f"{method}-p{i}"
+    for point in points:
+        sub = run_dir / "runs" / "grid" / point_name(method, point)
         starts.run(method_config(cfg, method, seed, point=point), sub, f"compare {method}, grid {' '.join(point)}")
         metrics = read_metrics(sub)
         record[" ".join(point)] = [m["win_rate_vs_init"] for m in metrics if m.get("win_rate_vs_init") is not None][-1]
     best = max(range(len(points)), key=lambda i: record[" ".join(points[i])])
     headline = run_dir / "runs" / f"{method}-seed{seed}"
-    if not headline.exists() and not headline.is_symlink():
-        headline.symlink_to(Path("grid") / f"{method}-p{best}", target_is_directory=True)
+    if headline.is_symlink() or not headline.exists():  # (a link of an earlier, smaller grid is replaced)
+        link = headline.with_name(f".{headline.name}.{os.getpid()}")
+        link.unlink(missing_ok=True)
+        link.symlink_to(Path("grid") / point_name(method, points[best]), target_is_directory=True)
+        os.replace(link, headline)  # (atomic: another invocation may be reading it)
     return points[best], {"validation_win_rate": record, "chosen": " ".join(points[best])}
 
 

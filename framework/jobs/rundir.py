@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import yaml
 
 from framework import checkpoint as ckpt
 from framework.config import REDACTED, Config, is_secret, load_config, to_yaml
@@ -186,12 +187,40 @@ def finished_summary(run_dir: Path, done_key: str = "final") -> dict | None:
     return summary if done_key in summary else None
 
 
+#: config sections a finished run is reused across: the comparison's own bookkeeping, not the run's
+REUSE_IGNORED = ("compare", "lab", "resume", "quick", "cache_dir")
+
+
+def reuse_changes(run_dir: Path, cfg: Config) -> list[str]:
+    """``key: saved → now`` for each setting of the run in ``run_dir`` (its ``config.yaml``) that
+    ``cfg`` changes, outside ``REUSE_IGNORED`` (a key only one side has, from another version, is
+    not counted)."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.exists():
+        return []
+
+    def flat(obj, prefix=""):
+        if isinstance(obj, dict):
+            return {k: v for key, value in obj.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+        return {prefix[:-1]: obj}
+
+    saved, now = flat(yaml.safe_load(path.read_text())), flat(yaml.safe_load(to_yaml(cfg)))
+    return [f"{k}: {saved[k]!r} → {now[k]!r}" for k in saved if k in now and saved[k] != now[k]
+            and k.split(".", 1)[0] not in REUSE_IGNORED]
+
+
 def run_or_reuse(cfg: Config, run_dir: Path, label: str, run: Callable[[Config, Path], dict], *,
                  done_key: str = "final") -> dict:
     """The summary of the finished run in ``run_dir``, or of ``run(cfg, run_dir)`` done now (an
-    interrupted run starts again from scratch). Comparisons run each of their runs this way."""
+    interrupted run starts again from scratch). Comparisons run each of their runs this way. A
+    finished run of other settings is an error, not reused (nor overwritten)."""
     summary = finished_summary(run_dir, done_key)
     if summary is not None:
+        changed = reuse_changes(run_dir, cfg)
+        if changed:
+            raise InputError(f"{run_dir} holds a finished run of other settings ({'; '.join(changed[:3])}"
+                             f"{f'; {len(changed) - 3} more' if len(changed) > 3 else ''}): remove it or choose "
+                             f"another --run-dir")
         return summary
     print(f"[{label}] → {run_dir}", flush=True)
     if run_dir.exists():

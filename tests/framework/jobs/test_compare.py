@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from framework.errors import InputError
 from framework.jobs import run_job
 from framework.jobs.reports import aggregate
 
@@ -11,9 +12,9 @@ METHODS = ["sft", "mpo", "dpo"]
 
 
 def test_comparison_writes_the_contract_and_reuses_finished_runs(small_config, tiny_policy, tmp_path):
-    cfg = small_config("job=compare", "train.iterations=2", "eval.every=1", "pipeline.ray=false",
-                       "pipeline.mode=sync", "train.fixed_prompts=true", f"compare.methods=[{','.join(METHODS)}]",
-                       "compare.seeds=[0,1]")
+    cfg_args = ("job=compare", "train.iterations=2", "eval.every=1", "pipeline.ray=false", "pipeline.mode=sync",
+                "train.fixed_prompts=true", f"compare.methods=[{','.join(METHODS)}]", "compare.seeds=[0,1]")
+    cfg = small_config(*cfg_args)
     run_job(cfg, tmp_path)
     table = json.loads((tmp_path / "comparison.json").read_text())
     assert list(table) == METHODS
@@ -37,6 +38,10 @@ def test_comparison_writes_the_contract_and_reuses_finished_runs(small_config, t
     assert len(stamps) == 4  # 2 methods × 2 seeds
     run_job(cfg, tmp_path)  # finished runs are reused, not run again
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    # ... but only with the settings they ran with: another step size is refused, nothing rewritten
+    with pytest.raises(InputError, match=r"mpo-seed0 holds a finished run of other settings \(algo.eta: 5.0 → 2.5\)"):
+        run_job(small_config(*cfg_args, "algo.eta=2.5"), tmp_path)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
 
 def test_aggregate_means_and_sample_std():
@@ -59,9 +64,9 @@ def test_a_shared_grid_tunes_each_method_on_validation_states_and_reuses_the_cho
         scores = selection[method]["validation_win_rate"]
         assert set(scores) == {"algo.lr=0.0001", "algo.lr=0.003"}
         assert selection[method]["chosen"] == max(scores, key=scores.get)
-        best = list(scores).index(selection[method]["chosen"])
         # the chosen point's run is the first seed's; the second seed ran with the chosen point
-        assert (tmp_path / "runs" / f"{method}-seed0").resolve() == (tmp_path / "runs" / "grid" / f"{method}-p{best}")
+        lr = selection[method]["chosen"].split("=")[1]
+        assert (tmp_path / "runs" / f"{method}-seed0").resolve() == (tmp_path / "runs" / "grid" / f"{method}-lr{lr}")
         assert selection[method]["chosen"].split("=")[1] in (tmp_path / "runs" / f"{method}-seed1" / "config.yaml").read_text()
     table = json.loads((tmp_path / "comparison.json").read_text())
     for key in ("exploitability_style", "exploitability_correctness", "effective_step", "lab_exploitability"):
