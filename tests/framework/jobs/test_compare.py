@@ -76,5 +76,28 @@ def test_a_shared_grid_tunes_each_method_on_validation_states_and_reuses_the_cho
     assert table["mpo"]["exploitability"] == pytest.approx(
         table["mpo"]["exploitability_style"] + table["mpo"]["exploitability_correctness"])
     targets = json.loads((tmp_path / "targets.json").read_text())
-    assert {"ompo_style_le_half_mpo", "ompo_reaches_style_eps_first", "mpo_cycles_regime", "mpo_beats_sft"} <= set(targets)
+    assert {"mpo_beats_sft", "ompo_beats_sft"} <= set(targets) and "mpo_cycles_regime" not in targets
     assert "## Tuning" in (tmp_path / "comparison.md").read_text()
+
+
+def test_the_style_targets_belong_to_the_pure_cycle_and_the_win_rate_targets_to_the_full_task():
+    from framework.config import load_config
+    from framework.jobs.compare import target_checks
+
+    def row(win, ci, style, cv, step=None):
+        return {"win_rate_vs_sft": win, "win_rate_vs_sft_ci95": ci, "exploitability_style": style,
+                "exploitability_style_cv": cv, "effective_step": step}
+
+    table = {"mpo": row(0.54, 0.005, 0.30, 0.30, 3.0), "ompo": row(0.53, 0.005, 0.05, 0.01, 1.0),
+             "ipo": row(0.531, 0.005, 0.02, 0.02)}
+    per_seed = {"mpo": [{"iters_to_style": 101}], "ompo": [{"iters_to_style": 25}]}
+    cycle = target_checks(load_config(None, ["task.correctness_weight=0", "train.iterations=100"]), table, per_seed)
+    assert set(cycle) == {"ompo_style_le_half_mpo", "ompo_style_cv_le_half_mpo", "ompo_reaches_style_eps_first",
+                          "mpo_cycles_regime"}  # (at a pure cycle the equilibrium wins ½ against any start)
+    assert all(t["met"] for t in cycle.values()) and cycle["mpo_cycles_regime"]["product"] == 300.0
+    full = target_checks(load_config(None, ["task.correctness_weight=0.7"]), table, per_seed)
+    assert set(full) == {"mpo_beats_sft", "mpo_beats_pair_methods", "ompo_beats_sft", "ompo_beats_pair_methods"}
+    assert full["mpo_beats_sft"]["met"] and full["ompo_beats_sft"]["met"]
+    # 0.54 − 0.005 = 0.535 is below IPO's 0.531 + 0.005: a margin of +0.009 with the intervals overlapping
+    assert full["mpo_beats_pair_methods"]["ipo"] == {"margin": pytest.approx(0.009), "intervals_apart": False}
+    assert not full["mpo_beats_pair_methods"]["met"] and not full["ompo_beats_pair_methods"]["met"]
