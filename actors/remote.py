@@ -214,7 +214,7 @@ class LocalCluster:
         return [[Slot(a) for a in group] for group in groups]
 
     def spawn(self, cls: type[R], *, slot: Slot | None = None, cpus: float = 1, pin: list[int] | None = None,
-              restartable: bool = False, **kwargs) -> Handle[R]:
+              restartable: bool = False, here: bool = True, **kwargs) -> Handle[R]:
         return Handle(cls, cls(**kwargs), _run_here)
 
     def node_of(self, handle: Handle) -> str:
@@ -264,7 +264,7 @@ class Call:
     done: bool = False
 
     def submit(self) -> None:
-        unwrap = lambda a: a.ref if isinstance(a, Call) else a  # noqa: E731
+        unwrap = lambda a: a.ref if isinstance(a, Call) else _resolve(a)  # noqa: E731 (Done: a role here)
         self.ref = getattr(self.role.actor, self.method.__name__).remote(
             *[unwrap(a) for a in self.args], **{k: unwrap(v) for k, v in self.kwargs.items()})
         self.done = False
@@ -372,9 +372,13 @@ class RayCluster:
         return [[Slot(a, pg, i) for a in group] for i, group in enumerate(groups)]
 
     def spawn(self, cls: type[R], *, slot: Slot | None = None, cpus: float = 1, pin: list[int] | None = None,
-              restartable: bool = False, **kwargs) -> Handle[R]:
+              restartable: bool = False, here: bool = False, **kwargs) -> Handle[R]:
         """``cls(**kwargs)`` as an actor in ``slot`` (else anywhere, with ``cpus`` CPUs);
-        ``restartable``: re-created when it dies or misses a deadline (module docstring)."""
+        ``restartable``: re-created when it dies or misses a deadline (module docstring).
+        ``here``: an instance in this process instead (a light role: no process to start or hold;
+        its calls run when made, and it is neither placed nor restarted)."""
+        if here:
+            return Handle(cls, cls(**kwargs), _run_here)
         env: dict = {}
         if self.concurrent_roles and "OMP_WAIT_POLICY" not in os.environ:
             # Roles that run at the same time on shared cores: idle OpenMP threads must sleep, not
@@ -432,6 +436,8 @@ class RayCluster:
     def _get(self, future, start: float):
         exc = self.ray.exceptions
         while True:
+            if isinstance(future, Done):  # a role in this process: it has run
+                return _resolve(future)
             if not isinstance(future, Call):
                 return self._value(future, None)
             seconds = self.deadline(future.role)
@@ -510,7 +516,9 @@ class RayCluster:
         return self.ray.get(self.ray.remote(_rendezvous).options(**options).remote())
 
     def node_of(self, handle: Handle) -> str:
-        """The node an actor runs on (``node id[:8] @ ip``)."""
+        """The node an actor runs on (``node id[:8] @ ip``; a role here: this process's)."""
+        if not hasattr(handle.target, "actor"):
+            return _where(None)
         return self.ray.get(handle.actor.__ray_call__.remote(_where))
 
     def release(self) -> None:

@@ -436,6 +436,8 @@ class JudgeConfig:
 WEIGHT_SYNCS = ("object_store", "broadcast")
 LEARNER_STRATEGIES = ("ddp", "fsdp")
 PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+#: pipeline.light_roles: where the reference and a rule judge run
+LIGHT_ROLES = ("auto", "driver", "actors")
 TIMED_ROLES = ("generator", "reference", "judge", "learner", "dp_worker")
 
 
@@ -495,10 +497,15 @@ class PipelineConfig:
     """Run the roles as Ray actors (false: all in this process, for debugging)."""
     num_cpus: Optional[int] = None
     """CPUs Ray may use (default: all)."""
-    generator_threads: int = 1
-    """torch threads per generator."""
-    learner_threads: int = 1
-    """torch threads per learner worker."""
+    generator_threads: Optional[int] = None
+    """torch threads per generator; empty: its share of the thread budget (``learner_threads``)."""
+    learner_threads: Optional[int] = None
+    """torch threads per learner worker; empty: the thread budget of a run on a Ray of its own
+    (``num_cpus`` cores) — in sync mode, where the roles take turns, the role that runs gets every
+    core (shared by the learners, or by the generators, that run together); in async mode the
+    generators and the learners split them, each at least one; a role pinned to cores
+    (``placement=disaggregated`` on CPUs) as many as it has. On a joined cluster: the role's
+    ``resources.<role>.cpus`` (at least 1)."""
     placement: str = "colocated"
     """``colocated``: generator i and learner i share a placement bundle (on GPUs: one GPU);
     ``disaggregated``: each has its own (on a CPU-only cluster: pinned to its own core)."""
@@ -533,6 +540,13 @@ class PipelineConfig:
     judges: int = 1
     """Judge actors (each with ``resources.judge``): every iteration's pairs are split between them
     in order; a dead or hung judge is re-created and its share sent again."""
+    light_roles: str = "auto"
+    """Where the light roles run — the reference (the warm start, sampled only by evaluations) and a
+    ``rule`` judge: ``actors`` (each its own Ray actor: placed by ``resources``, re-created when it
+    dies or hangs), ``driver`` (in this process: two processes fewer to start and hold; they run
+    when called and are not restarted apart from the run), ``auto`` (``driver`` for a run on a
+    Ray of its own where the role asks for no GPU or custom resource — a judge only when it is the
+    rule judge, alone — else ``actors``)."""
 
     @property
     def ahead(self) -> int:
@@ -565,8 +579,10 @@ class PipelineConfig:
         if self.num_cpus is not None and self.num_cpus < 1:
             raise ConfigError("num_cpus", f"must be ≥ 1 (or unset: every CPU), got {self.num_cpus}")
         for name in ("generators", "learners", "generator_threads", "learner_threads", "judges"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(name, f"must be ≥ 1, got {getattr(self, name)}")
+        if self.light_roles not in LIGHT_ROLES:
+            raise ConfigError("light_roles", f"must be one of {LIGHT_ROLES}, got {self.light_roles!r}")
         if self.placement not in ("colocated", "disaggregated"):
             raise ConfigError("placement", f"must be 'colocated' or 'disaggregated', got {self.placement!r}")
         if self.placement_timeout < 0:

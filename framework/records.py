@@ -244,6 +244,68 @@ def write_parquet(records: list, path: Path) -> None:
     pq.write_table(pa.Table.from_pylist([asdict(r) for r in records], schema=schema), path)
 
 
+class ParquetWriter:
+    """``write_parquet`` off the caller's thread: shards are queued and written in order by one
+    background thread. ``flush`` returns once every queued shard is on disk (a checkpoint flushes
+    first, so the records it covers are there; a crash loses only shards after the last
+    checkpoint, which a resume truncates and writes again). An error in the writer is raised by
+    the next ``write``, ``flush`` or ``close``."""
+
+    def __init__(self):
+        import queue
+        import threading
+
+        self._queue: queue.Queue = queue.Queue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._drain, name="parquet-writer", daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while (item := self._queue.get()) is not None:
+            try:
+                if self._error is None:
+                    write_parquet(*item)
+            except BaseException as e:  # (kept for the caller: a thread's error would be lost)
+                self._error = e
+            finally:
+                self._queue.task_done()
+        self._queue.task_done()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def write(self, records: list, path: Path) -> None:
+        self._raise()
+        if not self._thread.is_alive():
+            raise RuntimeError("the Parquet writer is closed")
+        self._queue.put((list(records), Path(path)))
+
+    def flush(self) -> None:
+        self._queue.join()
+        self._raise()
+
+    def __enter__(self) -> "ParquetWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            self.close()
+        else:  # (the error in flight is the one to see)
+            try:
+                self.close()
+            except Exception:
+                pass
+
+    def close(self) -> None:
+        """Flush and stop the thread (idempotent)."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        self._raise()
+
+
 def read_parquet(folder: Path, cls) -> list:
     """All records of a folder of Parquet shards, in file order."""
     import pyarrow.parquet as pq

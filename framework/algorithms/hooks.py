@@ -114,8 +114,9 @@ class Trainer(Protocol):
         """(module, optimizer) of a model trained beside the policy, saved with it."""
 
 
-#: examples the effective step is measured on (a forward pass after the update)
-STEP_SAMPLE = 256
+#: examples the effective step is measured on (a forward pass after the update: over 64 of a
+#: 256-sample batch it costs a quarter of a forward, and its slope's standard error stays ≪ 1)
+STEP_SAMPLE = 64
 
 
 def fitted_slope(target: torch.Tensor, rho: torch.Tensor) -> float | None:

@@ -187,8 +187,10 @@ def finished_summary(run_dir: Path, done_key: str = "final") -> dict | None:
     return summary if done_key in summary else None
 
 
-#: config sections a finished run is reused across: the comparison's own bookkeeping, not the run's
-REUSE_IGNORED = ("compare", "lab", "resume", "quick", "cache_dir")
+#: config keys (or sections) a finished run is reused across: the comparison's own bookkeeping and
+#: how the run's roles were laid out on the cores, not what they computed
+REUSE_IGNORED = ("compare", "lab", "resume", "quick", "cache_dir", "pipeline.generator_threads",
+                 "pipeline.learner_threads", "pipeline.light_roles")
 
 
 def reuse_changes(run_dir: Path, cfg: Config) -> list[str]:
@@ -206,7 +208,7 @@ def reuse_changes(run_dir: Path, cfg: Config) -> list[str]:
 
     saved, now = flat(yaml.safe_load(path.read_text())), flat(yaml.safe_load(to_yaml(cfg)))
     return [f"{k}: {saved[k]!r} → {now[k]!r}" for k in saved if k in now and saved[k] != now[k]
-            and k.split(".", 1)[0] not in REUSE_IGNORED]
+            and not any(k == i or k.startswith(i + ".") for i in REUSE_IGNORED)]
 
 
 def run_or_reuse(cfg: Config, run_dir: Path, label: str, run: Callable[[Config, Path], dict], *,

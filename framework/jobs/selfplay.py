@@ -22,6 +22,7 @@ import os
 import sys
 import time
 from collections import deque
+from typing import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,7 +44,7 @@ from framework.jobs.rundir import (append_metrics, preflight as check_run_dir, r
                                    write_checkpoint, write_summary)
 from framework.jobs.warmstart import prepare_policy
 from framework.models import check_model_path
-from framework.records import Comparison, Pair, Rollout, TrainBatch, Verdicts, write_parquet
+from framework.records import Comparison, Pair, ParquetWriter, Rollout, TrainBatch, Verdicts
 from games.demonstrations import demonstrations
 from games.judges import build_judge, judge_modules
 from games.judges.llm import RateLimiter
@@ -149,6 +150,34 @@ def placement(cfg: Config, gpus: float) -> list[list[Ask]]:
                      *[[ask(r.judge, f"judge {i}", "pipeline.resources.judge")] for i in range(p.judges)]]
 
 
+def light_here(cfg: Config, cluster) -> set[str]:
+    """The light roles (``reference``, ``judge``) that run in this process (``pipeline.light_roles``)."""
+    p, r = cfg.pipeline, cfg.pipeline.resources
+    light = {"reference", *(["judge"] if cfg.judge.kind == "rule" and p.judges == 1 else [])}
+    if p.light_roles == "driver":
+        return light
+    if p.light_roles == "actors" or getattr(cluster, "joined", False):
+        return set()
+    asks_nothing = lambda spec: not spec.gpus and not spec.resources  # noqa: E731
+    return {role for role in light if asks_nothing(getattr(r, role)) and (role != "reference" or p.backend != "vllm")}
+
+
+def thread_budget(cfg: Config, cluster, n_cpu: int, pinned: bool) -> tuple[int, int]:
+    """(threads per generator, threads per learner): as configured, else the budget
+    (``pipeline.learner_threads``'s docstring)."""
+    p, r = cfg.pipeline, cfg.pipeline.resources
+    if getattr(cluster, "joined", False):
+        budget = (max(1, int(r.generator.cpus or 1)), max(1, int(r.learner.cpus or 1)))
+    elif pinned:  # (the cores of each, as build_roles pins them)
+        budget = (max(1, n_cpu - p.learners), 1)
+    elif p.mode == "sync":  # the roles take turns: whichever runs has every core
+        budget = (max(1, n_cpu // p.generators), max(1, n_cpu // p.learners))
+    else:  # they overlap: the learners get the larger half
+        learning = max(p.learners, min(n_cpu - p.generators, -(-n_cpu // 2)))
+        budget = (max(1, (n_cpu - learning) // p.generators), max(1, learning // p.learners))
+    return p.generator_threads or budget[0], p.learner_threads or budget[1]
+
+
 def build_roles(cfg: Config, task: Task, policy_path: str, cluster) -> Roles:
     p = cfg.pipeline
     gpus = cluster.gpus()
@@ -159,6 +188,7 @@ def build_roles(cfg: Config, task: Task, policy_path: str, cluster) -> Roles:
         cores = list(range(n_cpu))  # generators on the first cores, learners on the rest
         pin_gen = [cores[: max(1, n_cpu - p.learners)]] * p.generators
         pin_learn = [[cores[-1 - i % max(1, n_cpu - 1)]] for i in range(p.learners)]
+    gen_threads, learn_threads = thread_budget(cfg, cluster, n_cpu, pinned=pin_gen is not None)
     # rendezvous on learner 0's node, found before its bundle is taken
     init_method = cluster.init_method(slots["learner 0"]) if p.learners > 1 else None
     weights_at = None
@@ -166,20 +196,20 @@ def build_roles(cfg: Config, task: Task, policy_path: str, cluster) -> Roles:
         weights_at = cluster.init_method(slots["learner 0"])
     learners = [cluster.spawn(Learner, slot=slots[f"learner {i}"], pin=pin_learn[i] if pin_learn else None,
                               model_path=policy_path, rank=i, world_size=p.learners, init_method=init_method,
-                              lr=cfg.algo.lr, threads=p.learner_threads, seed=cfg.seed, dtype=cfg.model.dtype,
+                              lr=cfg.algo.lr, threads=learn_threads, seed=cfg.seed, dtype=cfg.model.dtype,
                               strategy=p.learner_strategy)
                 for i in range(p.learners)]
     # Generators, the reference and the judge are rebuilt by their constructor and last weights
     # (a broadcast group cannot take a new member: a generator lost there rebuilds the run).
     generators = [cluster.spawn(RolloutGenerator, slot=slots[f"generator {i}"], pin=pin_gen[i] if pin_gen else None,
                                 restartable=p.weight_sync != "broadcast", model_path=policy_path, backend=p.backend, generator_id=i,
-                                max_new_tokens=cfg.model.max_new_tokens, threads=p.generator_threads,
+                                max_new_tokens=cfg.model.max_new_tokens, threads=gen_threads,
                                 dtype=cfg.model.dtype)
                   for i in range(p.generators)]
-    reference = cluster.spawn(RolloutGenerator, slot=slots["reference"], restartable=True, model_path=policy_path,
-                              backend=p.backend,
-                              generator_id=-1, max_new_tokens=cfg.model.max_new_tokens, threads=1,
-                              dtype=cfg.model.dtype)
+    here = light_here(cfg, cluster)
+    reference = cluster.spawn(RolloutGenerator, slot=slots["reference"], restartable=True, here="reference" in here,
+                              model_path=policy_path, backend=p.backend, generator_id=-1,
+                              max_new_tokens=cfg.model.max_new_tokens, threads=1, dtype=cfg.model.dtype)
     j = cfg.judge
     # one rate limit for the whole run, held by a small actor every judge asks (not one per judge)
     limiter = cluster.spawn(RateLimiter, cpus=0, requests_per_minute=j.requests_per_minute,
@@ -187,9 +217,9 @@ def build_roles(cfg: Config, task: Task, policy_path: str, cluster) -> Roles:
     # the API key reaches judge actors on other processes or nodes from this one's environment
     name = j.api_key_env if j.kind == "llm" else None
     key = {name: os.environ[name]} if name and name in os.environ else None
-    judges = [cluster.spawn(PreferenceJudge, slot=slots[f"judge {i}"], restartable=True, kind=j.kind, task=task,
-                            target=j.target, settings=j.settings(), retries=j.retries, requeue=j.requeue,
-                            limiter=limiter, environment=key)
+    judges = [cluster.spawn(PreferenceJudge, slot=slots[f"judge {i}"], restartable=True, here="judge" in here,
+                            kind=j.kind, task=task, target=j.target, settings=j.settings(), retries=j.retries,
+                            requeue=j.requeue, limiter=limiter, environment=key)
               for i in range(p.judges)]
     pad_id = cluster.get(generators[0].call(RolloutGenerator.pad_id))
     if p.weight_sync == "broadcast":
@@ -249,24 +279,29 @@ def unjudged(pairs: list[Pair], verdicts: Verdicts) -> set[str]:
     return {p.conversation_id for p, prob in zip(pairs, verdicts.probabilities) if prob is None}
 
 
-def update(roles: Roles, batch: TrainBatch, settings: AlgoConfig, t: int, iterations: int) -> dict:
-    """Iteration t's update on every learner, each on its shard; the learners' metrics averaged.
-    With ``algo.round_reset`` a round's first update starts the optimizer afresh and each step
-    takes its place in the round's schedule."""
+def update(roles: Roles, batch: TrainBatch, settings: AlgoConfig, t: int, iterations: int) -> Callable[[], dict]:
+    """Iteration t's update sent to every learner, each with its shard; returns what waits for it:
+    the learners' metrics averaged. With ``algo.round_reset`` a round's first update starts the
+    optimizer afresh and each step takes its place in the round's schedule."""
     staged = settings.round_reset
     position = t % settings.round_iterations
     lr = settings.round_lrs(position) if staged else settings.lr_at(t, iterations)
     options = {name: getattr(settings, name) for name in get_algorithm(settings.name).update_options}
-    results = roles.cluster.get([
+    futures = [
         learner.call(Learner.train, shard, algorithm=settings.name, eta=settings.eta, tau=settings.tau,
                      link=settings.link, epochs=settings.epochs, minibatches=settings.minibatches, lr=lr,
                      kl_coef=settings.kl_coef, reset_optimizer=staged and position == 0, options=options)
         for learner, shard in zip(roles.learners, batch.shard(len(roles.learners)))
-    ])
-    skip = ("examples", "version", "train_seconds")
-    values = {k: [r[k] for r in results if r.get(k) is not None] for k in results[0] if k not in skip}
-    out = {k: float(np.mean(v)) if v else None for k, v in values.items()}  # (None: e.g. no fitted step)
-    return {**out, "examples": sum(r["examples"] for r in results), "lr": lr[0] if staged else lr}
+    ]
+
+    def results() -> dict:
+        done = roles.cluster.get(futures)
+        skip = ("examples", "version", "train_seconds")
+        values = {k: [r[k] for r in done if r.get(k) is not None] for k in done[0] if k not in skip}
+        out = {k: float(np.mean(v)) if v else None for k, v in values.items()}  # (None: e.g. no fitted step)
+        return {**out, "examples": sum(r["examples"] for r in done), "lr": lr[0] if staged else lr}
+
+    return results
 
 
 def sync_weights(roles: Roles, version: int, wait: bool) -> tuple:
@@ -287,10 +322,13 @@ def sync_weights(roles: Roles, version: int, wait: bool) -> tuple:
 
 
 def save_checkpoint(roles: Roles, run_dir: Path, state: RunState, iteration: int, keep: int,
-                    final: bool = False) -> Path:
+                    final: bool = False, records: ParquetWriter | None = None) -> Path:
     """Policy, optimizer and run state (plus the method's memory) in one directory. Mid-way
     through a round that keeps the generators' policy (``state.held``), that policy is saved too
-    (``generator.safetensors``), so a resume continues the round."""
+    (``generator.safetensors``), so a resume continues the round. ``records``: the run's Parquet
+    writer, flushed first (the checkpoint's iterations have their records on disk)."""
+    if records is not None:
+        records.flush()
 
     def save(directory: Path) -> None:
         roles.cluster.get([learner.call(Learner.save, str(directory)) for learner in roles.gathering])
@@ -330,15 +368,15 @@ def resume(roles: Roles, run_dir: Path, algo: Algorithm) -> RunState:
     return state
 
 
-def log(run_dir: Path, m: dict, state: RunState, rollouts: list[Rollout], fresh: list[Rollout],
-        stale: list[Rollout], comparisons: list[Comparison], batch: TrainBatch) -> None:
-    """Write the iteration's records (each rollout with the learner version that consumed it) and
-    complete its metrics."""
+def log(records: ParquetWriter, run_dir: Path, m: dict, state: RunState, rollouts: list[Rollout],
+        fresh: list[Rollout], stale: list[Rollout], comparisons: list[Comparison], batch: TrainBatch) -> None:
+    """Queue the iteration's records (each rollout with the learner version that consumed it) for
+    the background writer and complete its metrics."""
     consumer = state.version - 1
     rows = [dataclasses.replace(r, learner_version=consumer) for r in fresh]
     rows += [dataclasses.replace(r, learner_version=consumer, stale=True) for r in stale]
-    write_parquet(rows, run_dir / "rollouts" / f"iter_{m['iteration']:06d}.parquet")
-    write_parquet(comparisons, run_dir / "comparisons" / f"iter_{m['iteration']:06d}.parquet")
+    records.write(rows, run_dir / "rollouts" / f"iter_{m['iteration']:06d}.parquet")
+    records.write(comparisons, run_dir / "comparisons" / f"iter_{m['iteration']:06d}.parquet")
     ages = [consumer - r.policy_version for r in fresh]
     m.update(policy_version=state.version, samples=len(batch), generated=generated(rollouts),
              staleness_mean=float(np.mean(ages)) if ages else 0.0, dropped_stale=len(stale),
@@ -395,6 +433,63 @@ def run(cfg: Config, run_dir: Path, *, progress: bool = True, start: dict | None
         cluster.shutdown()
 
 
+@dataclass
+class Prepared:
+    """An iteration's data up to its batch (``prepare``), with the metrics of those stages."""
+
+    m: dict
+    rollouts: list[Rollout]
+    fresh: list[Rollout]
+    stale: list[Rollout]
+    judged: list[Rollout]
+    comparisons: list[Comparison]
+    batch: TrainBatch
+
+
+def prepare(cfg: Config, roles: Roles, algo: Algorithm, plan: Plan, generation: Generation, state: RunState,
+            t: int) -> Prepared:
+    """Iteration t's stages before its update, each timed: generate → judge → build_batch. They
+    change nothing the run keeps (the method's memory observes the iteration when it runs:
+    ``learn``), so async mode prepares iteration t + 1 while the learner works on t."""
+    m: dict = {"iteration": t + 1}
+    options = {name: getattr(cfg.algo, name) for name in algo.options}
+    with timed(m, "generate"):
+        rollouts = generation.take(t)
+    with timed(m, "judge"):
+        fresh, stale = split_stale(rollouts, state.version, plan.max_age(cfg.pipeline.max_staleness))
+        pairs = plan.pairs(rollouts) + state.memory.pairs(fresh)
+        comparisons, verdicts = judge(roles, pairs, t, cfg.judge.target or cfg.judge.kind)
+        dropped = unjudged(pairs, verdicts)
+        judged = [r for r in fresh if r.conversation_id not in dropped]
+        kept = [c for c in comparisons if c.conversation_id not in dropped]
+    m.update(verdicts.metrics(), judge_pairs_per_s=len(pairs) / m["judge_s"] if pairs else None,
+             judge_dropped_conversations=len(dropped))
+    with timed(m, "build_batch"):
+        batch = algo.build_batch(judged, kept, keep=cfg.algo.keep, pad_id=roles.pad_id, **options)
+    return Prepared(m, rollouts, fresh, stale, judged, kept, batch)
+
+
+def learn(cfg: Config, roles: Roles, plan: Plan, state: RunState, p: Prepared, t: int) -> Callable[[], dict]:
+    """Iteration t's update sent and its policy published (neither waited for: a generator's calls
+    run in order, so it loads the version before its next generation); returns what waits for the
+    update's metrics."""
+    p.m.update(state.memory.observe(p.judged, p.comparisons))
+    with timed(p.m, "update"):
+        results = update(roles, p.batch, cfg.algo, t, cfg.train.iterations)
+        state.version += 1
+    with timed(p.m, "sync_weights"):
+        if plan.publishes(t):
+            state.held = sync_weights(roles, state.version, wait=False)
+    return results
+
+
+def prefetches(cfg: Config, plan: Plan, t: int) -> bool:
+    """Whether iteration t + 1 is prepared while t's update runs: in async mode, unless t + 1 is a
+    barrier or past the end, or t ends with a checkpoint (which holds no later iteration's data)."""
+    return (cfg.pipeline.mode == "async" and t + 1 < cfg.train.iterations and not plan.barrier(t + 1)
+            and (t + 1) % cfg.checkpoint.every != 0)
+
+
 def selfplay(cfg: Config, run_dir: Path, task: Task, policy_path: str, cluster, summary: dict, resuming: bool,
              bar) -> dict:
     """Build the roles, restore the run (``resuming``) and play it to the end: the loop of stages."""
@@ -410,65 +505,61 @@ def selfplay(cfg: Config, run_dir: Path, task: Task, policy_path: str, cluster, 
     if "start" not in summary:
         summary["start"] = evaluate(roles, task, final_states, cfg.eval.headline_samples, seed=cfg.seed)
         write_summary(run_dir, summary)
-    sync = cfg.pipeline.mode == "sync"
     generation = Generation(roles, plan, seed=cfg.seed, iterations=cfg.train.iterations,
                             ahead=cfg.pipeline.ahead, start=state.iteration)
-    options = {name: getattr(cfg.algo, name) for name in algo.options}
-    judge_name = cfg.judge.target or cfg.judge.kind
-    for t in range(state.iteration, cfg.train.iterations):
-        m: dict = {"iteration": t + 1}
-        wall = time.perf_counter()
-        try:
-            with timed(m, "generate"):
-                rollouts = generation.take(t)
-            with timed(m, "judge"):
-                fresh, stale = split_stale(rollouts, state.version, plan.max_age(cfg.pipeline.max_staleness))
-                pairs = plan.pairs(rollouts) + state.memory.pairs(fresh)
-                comparisons, verdicts = judge(roles, pairs, t, judge_name)
-                dropped = unjudged(pairs, verdicts)
-                judged = [r for r in fresh if r.conversation_id not in dropped]
-                kept = [c for c in comparisons if c.conversation_id not in dropped]
-            m.update(verdicts.metrics(), judge_pairs_per_s=len(pairs) / m["judge_s"] if pairs else None,
-                     judge_dropped_conversations=len(dropped))
-            with timed(m, "build_batch"):
-                batch = algo.build_batch(judged, kept, keep=cfg.algo.keep, pad_id=roles.pad_id, **options)
-                m.update(state.memory.observe(judged, kept))
-            with timed(m, "update"):
-                m.update(update(roles, batch, cfg.algo, t, cfg.train.iterations))
-                state.version += 1
-            with timed(m, "sync_weights"):
-                if plan.publishes(t):
-                    state.held = sync_weights(roles, state.version, wait=sync)
-        except AlignplayError as e:
-            # Stop with a resumable checkpoint: each iteration makes exactly one update, so
-            # `version` iterations are complete (whichever stage failed). A lost learner has
-            # nothing to save: the run rebuilds from the latest checkpoint. Nor has a learner that
-            # refused a non-finite value part-way through its update (its weights are no iteration's).
-            if not (isinstance(e, RoleLost) and e.rebuild) and not getattr(e, "applied", 0):
-                save_checkpoint(roles, run_dir, state, state.version, cfg.checkpoint.keep)
-            raise
-        state.count(rollouts, stale, batch)
-        with timed(m, "log"):  # (before a checkpoint: one that holds iteration t + 1 has its records)
-            log(run_dir, m, state, rollouts, fresh, stale, comparisons, batch)
-        with timed(m, "checkpoint"):
-            if (t + 1) % cfg.checkpoint.every == 0 and t + 1 < cfg.train.iterations:
-                save_checkpoint(roles, run_dir, state, t + 1, cfg.checkpoint.keep)
-        try:
-            with timed(m, "evaluate"):
-                if (t + 1) % cfg.eval.every == 0 or t + 1 == cfg.train.iterations:
-                    m.update(evaluate(roles, task, eval_states, cfg.eval.samples, seed=cfg.seed + t + 1))
-        except AlignplayError as e:  # the iteration is complete and logged: keep it, then stop
-            append_metrics(run_dir, m)
-            if not (isinstance(e, RoleLost) and e.rebuild):
-                save_checkpoint(roles, run_dir, state, t + 1, cfg.checkpoint.keep)
-            raise
-        elapsed = time.perf_counter() - wall
-        append_metrics(run_dir, {**m, "samples_per_s": len(batch) / elapsed, "iteration_s": elapsed})
-        bar.update(1)
-        if m["win_rate_vs_init"] is not None:
-            bar.set_postfix(win_rate=f"{m['win_rate_vs_init']:.3f}")
-    cluster.get([g.call(RolloutGenerator.ping) for g in roles.generators])  # drain queued weight syncs
-    final = save_checkpoint(roles, run_dir, state, cfg.train.iterations, cfg.checkpoint.keep, final=True)
+    with ParquetWriter() as records:  # (Parquet shards written off the loop's critical path)
+        upcoming: Prepared | AlignplayError | None = None  # iteration t's data, prepared during t − 1
+        for t in range(state.iteration, cfg.train.iterations):
+            wall, before = time.perf_counter(), (state.version, state.held)
+            try:
+                if isinstance(upcoming, AlignplayError):  # (raised while t − 1 was finishing: it is t's)
+                    raise upcoming
+                p = upcoming or prepare(cfg, roles, algo, plan, generation, state, t)
+                results = learn(cfg, roles, plan, state, p, t)
+                upcoming = None
+                if prefetches(cfg, plan, t):
+                    try:
+                        upcoming = prepare(cfg, roles, algo, plan, generation, state, t + 1)
+                    except AlignplayError as e:
+                        upcoming = e
+                with timed(p.m, "update"):
+                    p.m.update(results())
+                before = None
+            except AlignplayError as e:
+                if before is not None:  # the update did not complete: what it published is no version
+                    state.version, state.held = before
+                # Stop with a resumable checkpoint: each iteration makes exactly one update, so
+                # `version` iterations are complete (whichever stage failed). A lost learner has
+                # nothing to save: the run rebuilds from the latest checkpoint. Nor has a learner that
+                # refused a non-finite value part-way through its update (its weights are no iteration's).
+                if not (isinstance(e, RoleLost) and e.rebuild) and not getattr(e, "applied", 0):
+                    save_checkpoint(roles, run_dir, state, state.version, cfg.checkpoint.keep, records=records)
+                raise
+            m, rollouts, fresh, stale, comparisons, batch = p.m, p.rollouts, p.fresh, p.stale, p.comparisons, p.batch
+            state.count(rollouts, stale, batch)
+            with timed(m, "log"):  # (before a checkpoint: one that holds iteration t + 1 has its records)
+                log(records, run_dir, m, state, rollouts, fresh, stale, comparisons, batch)
+            with timed(m, "checkpoint"):
+                if (t + 1) % cfg.checkpoint.every == 0 and t + 1 < cfg.train.iterations:
+                    save_checkpoint(roles, run_dir, state, t + 1, cfg.checkpoint.keep, records=records)
+            try:
+                with timed(m, "evaluate"):
+                    if (t + 1) % cfg.eval.every == 0 or t + 1 == cfg.train.iterations:
+                        m.update(evaluate(roles, task, eval_states, cfg.eval.samples, seed=cfg.seed + t + 1))
+            except AlignplayError as e:  # the iteration is complete and logged: keep it, then stop
+                append_metrics(run_dir, m)
+                if not (isinstance(e, RoleLost) and e.rebuild):
+                    save_checkpoint(roles, run_dir, state, t + 1, cfg.checkpoint.keep, records=records)
+                raise
+            elapsed = time.perf_counter() - wall
+            append_metrics(run_dir, {**m, "samples_per_s": len(batch) / elapsed, "iteration_s": elapsed,
+                                      "time": time.time()})  # (when it ended, Unix seconds)
+            bar.update(1)
+            if m["win_rate_vs_init"] is not None:
+                bar.set_postfix(win_rate=f"{m['win_rate_vs_init']:.3f}")
+        cluster.get([g.call(RolloutGenerator.ping) for g in roles.generators])  # drain queued weight syncs
+        final = save_checkpoint(roles, run_dir, state, cfg.train.iterations, cfg.checkpoint.keep, final=True,
+                                records=records)
     if state.held[0] != state.version:  # a run ending mid-round: evaluate the learner's latest policy
         state.held = sync_weights(roles, state.version, wait=True)
     summary.update(final=evaluate(roles, task, final_states, cfg.eval.headline_samples, seed=cfg.seed + 10**6),

@@ -1,9 +1,9 @@
-"""Records: a shard holds each rollout and comparison once (issue 15)."""
+"""Records: a shard holds each rollout and comparison once (issue 15); the background writer (issue 20)."""
 
 import pyarrow.parquet as pq
 import pytest
 
-from framework.records import Comparison, Rollout, write_parquet
+from framework.records import Comparison, ParquetWriter, Rollout, read_parquet, write_parquet
 
 
 def rollout(sample: int, branch_of: int = -1) -> Rollout:
@@ -22,3 +22,19 @@ def test_a_shard_refuses_a_record_written_twice(tmp_path):
     with pytest.raises(RuntimeError, match="written twice"):
         write_parquet(judged + judged[:1], tmp_path / "judged_twice.parquet")
     assert not (tmp_path / "twice.parquet").exists() and not (tmp_path / "judged_twice.parquet").exists()
+
+
+def test_the_background_writer_has_every_queued_shard_on_disk_after_a_flush_and_reports_its_errors(tmp_path):
+    writer = ParquetWriter()
+    for i in range(5):
+        writer.write([rollout(0), rollout(1)], tmp_path / "rollouts" / f"iter_{i:06d}.parquet")
+    writer.flush()  # (what a checkpoint does first)
+    assert len(read_parquet(tmp_path / "rollouts", Rollout)) == 10
+    writer.write([rollout(1), rollout(1)], tmp_path / "bad.parquet")  # a shard that cannot be written
+    with pytest.raises(RuntimeError, match="written twice"):
+        writer.flush()
+    writer.write([rollout(2)], tmp_path / "after.parquet")  # the writer goes on after a reported error
+    writer.close()
+    assert (tmp_path / "after.parquet").exists() and not (tmp_path / "bad.parquet").exists()
+    with pytest.raises(RuntimeError, match="closed"):
+        writer.write([rollout(3)], tmp_path / "late.parquet")

@@ -8,7 +8,7 @@ import pytest
 
 from framework.config import load_config
 from framework.errors import AlignplayError
-from framework.jobs.selfplay import run as run_selfplay, split_stale
+from framework.jobs.selfplay import light_here, run as run_selfplay, split_stale
 from framework.records import Rollout
 
 from tests.conftest import SMALL
@@ -25,7 +25,7 @@ def read_metrics(run_dir):
 def test_async_mpo_run_under_ray(ray_session, tiny_policy, cache_dir, tmp_path):
     cfg = small_config(cache_dir, "train.iterations=4", "eval.every=2", "checkpoint.every=2",
                        "pipeline.mode=async", "pipeline.max_staleness=1", "algo.kl_coef=0.05",
-                       "algo.lr_schedule=linear")
+                       "algo.lr_schedule=linear", "pipeline.light_roles=driver")  # (evaluations: reference here)
     summary = run_selfplay(cfg, tmp_path, progress=False)
     rows = read_metrics(tmp_path)
     assert [r["iteration"] for r in rows] == [1, 2, 3, 4]
@@ -168,6 +168,24 @@ def test_a_failing_judge_stops_the_run_with_a_resumable_checkpoint(tiny_policy, 
     fixed = small_config(cache_dir, "train.iterations=4", "eval.every=10", "pipeline.ray=false", "resume=true")
     run_selfplay(fixed, tmp_path, progress=False)
     assert [r["iteration"] for r in read_metrics(tmp_path)] == [1, 2, 3, 4]
+
+
+def test_the_light_roles_run_in_the_driver_only_on_a_ray_of_its_own_and_when_they_ask_for_nothing(cache_dir):
+    from types import SimpleNamespace
+
+    own, joined = SimpleNamespace(joined=False), SimpleNamespace(joined=True)
+    assert light_here(small_config(cache_dir), own) == {"reference", "judge"}
+    assert light_here(small_config(cache_dir), joined) == set()  # (a cluster's nodes: actors, placed)
+    assert light_here(small_config(cache_dir, "pipeline.light_roles=actors"), own) == set()
+    assert light_here(small_config(cache_dir, "pipeline.light_roles=driver"), joined) == {"reference", "judge"}
+    assert light_here(small_config(cache_dir, "pipeline.judges=2"), own) == {"reference"}  # a pool: actors
+    assert light_here(small_config(cache_dir, "judge.kind=llm", "judge.base_url=http://127.0.0.1:1",
+                                   "judge.model=m"), own) == {"reference"}
+    assert light_here(small_config(cache_dir, "pipeline.resources.reference.gpus=1"), own) == {"judge"}
+    assert light_here(small_config(cache_dir, "pipeline.resources.judge.resources={node_a: 0.01}"), own) == {"reference"}
+    assert light_here(small_config(cache_dir, "pipeline.backend=vllm"), own) == {"judge"}
+    with pytest.raises(Exception, match="light_roles"):
+        small_config(cache_dir, "pipeline.light_roles=here")
 
 
 def test_split_stale_keeps_samples_within_the_bound():
