@@ -21,11 +21,8 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
-                                                     set_model_state_dict, set_optimizer_state_dict)
-from torch.distributed.tensor import DTensor
 
-from actors.weight_sync import Manifest, WeightGroup, gather
+from actors.weight_sync import Manifest, WeightGroup, gather, is_sharded
 from framework.algorithms.registry import get_algorithm
 from framework.checkpoint import load_optimizer, read_optimizer, save_optimizer
 from framework.config import LEARNER_STRATEGIES
@@ -34,8 +31,15 @@ from framework.losses import sequence_logprob, sft_loss, token_logprobs
 from framework.models import accelerator, autocast, group_backend, load_policy, load_reference
 from framework.records import TrainBatch
 
-#: a sharded model's full state, gathered one tensor at a time into host memory on rank 0 only
-FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def full_state(*, offload: bool = True):
+    """``torch.distributed.checkpoint.state_dict``'s functions (imported here: only a sharded
+    learner needs them, and they take most of a learner's import time) and the options of a
+    sharded model's full state — gathered one tensor at a time, into host memory on rank 0 only."""
+    from torch.distributed.checkpoint import state_dict
+
+    return state_dict, state_dict.StateDictOptions(full_state_dict=True, cpu_offload=offload)
 
 
 def shard(model: torch.nn.Module, device: torch.device) -> None:
@@ -53,6 +57,69 @@ def shard(model: torch.nn.Module, device: torch.device) -> None:
     fully_shard(model, mesh=mesh)
 
 
+def full_logp(model, batch: TrainBatch) -> torch.Tensor:
+    """(B,) response log-probs from one forward over every row's prompt and response."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    return sequence_logprob(token_logp=token_logprobs(logits=logits, input_ids=batch.input_ids),
+                            mask=batch.response_mask)
+
+
+def prompt_groups(batch: TrainBatch) -> tuple[list[list[int]], torch.Tensor, torch.Tensor] | None:
+    """(the distinct prompts, each row's prompt index, each row's prompt length) when rows share
+    prompts — collate's layout: prompt, then response (every row has one), then padding — else None."""
+    mask = batch.response_mask > 0
+    if not bool(mask.any(dim=1).all()):
+        return None
+    lengths = mask.float().argmax(dim=1)  # the first response position: the prompt's length
+    index: dict[tuple, int] = {}
+    rows = [index.setdefault(tuple(ids[:n]), len(index)) for ids, n in zip(batch.input_ids.tolist(), lengths.tolist())]
+    if len(index) == len(rows):
+        return None
+    return [list(p) for p in index], torch.tensor(rows, device=mask.device), lengths
+
+
+def cache_argument(model) -> str:
+    """The name a model's forward takes its KV cache by (``cache`` from transformers 5.25 on)."""
+    import inspect
+
+    forward = getattr(model, "module", model).forward  # (a DDP wrapper's model)
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+
+
+def shared_prefix_logp(model, batch: TrainBatch, prompts: list[list[int]], rows: torch.Tensor,
+                       lengths: torch.Tensor) -> torch.Tensor:
+    """(B,) response log-probs with each distinct prompt's forward pass made once: its keys and
+    values (a ``DynamicCache``) indexed out to the rows that share it, and only the responses run
+    after it, at their own positions. Gradients reach a shared prompt from every row of it."""
+    from transformers import DynamicCache
+
+    device, pad = batch.input_ids.device, 0  # (padding is masked: any token id does)
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long, device=device)
+    seen = torch.zeros((len(prompts), width), dtype=torch.long, device=device)
+    for j, p in enumerate(prompts):  # right-padded: a prompt's positions are 0 … len − 1
+        ids[j, :len(p)] = torch.tensor(p, device=device)
+        seen[j, :len(p)] = 1
+    cache = DynamicCache()
+    name = cache_argument(model)
+    out = model(input_ids=ids, attention_mask=seen, use_cache=True, **{name: cache})
+    last = torch.tensor([len(p) - 1 for p in prompts], device=device)
+    first = out.logits[torch.arange(len(prompts), device=device), last]  # (U, V): each prompt's next token
+    cache.reorder_cache(rows)  # (U → B rows: index_select, so the gradient sums over a prompt's rows)
+    resp = batch.response_mask > 0
+    span = int(resp.sum(dim=1).max())
+    col = torch.arange(span, device=device)
+    take = lengths[:, None] + col[None]  # each row's response columns in the batch
+    valid = col[None] < resp.sum(dim=1)[:, None]
+    tokens = batch.input_ids.gather(1, take.clamp(max=batch.input_ids.shape[1] - 1)).masked_fill(~valid, pad)
+    attention = torch.cat([seen[rows], valid.long()], dim=1)
+    logits = model(input_ids=tokens, attention_mask=attention, position_ids=lengths[:, None] + col[None],
+                   use_cache=True, **{name: cache}).logits  # (B, span, V): predicts tokens 1 … span
+    predict = torch.cat([first[rows][:, None], logits[:, :-1]], dim=1).float()  # (B, span, V) for tokens 0 …
+    picked = torch.log_softmax(predict, dim=-1).gather(-1, tokens[..., None]).squeeze(-1)
+    return (picked * valid).sum(dim=1)
+
+
 class Learner:
     """Holds the trainable policy and its optimizer; publishes versioned weights.
 
@@ -67,11 +134,12 @@ class Learner:
             state stay float32).
         strategy: ``ddp`` (every rank a replica) or ``fsdp`` (sharded; with several ranks, every
             rank takes part in ``weights``, ``broadcast_weights`` and ``save``).
+        shared_prompts: rows that share a prompt share its forward pass (``logp``; one learner only).
     """
 
     def __init__(self, *, model_path: str, rank: int = 0, world_size: int = 1, init_method: str | None = None,
                  lr: float = 1e-3, weight_decay: float = 0.0, threads: int = 1, seed: int = 0, dtype: str = "float32",
-                 strategy: str = "ddp"):
+                 strategy: str = "ddp", shared_prompts: bool = False):
         torch.set_num_threads(threads)
         torch.manual_seed(seed)
         self.rank, self.world_size = rank, world_size
@@ -100,15 +168,29 @@ class Learner:
         self.reference = None  # the frozen starting policy (KL penalties), loaded on first use
         self.aux: dict[str, tuple] = {}  # name → (module, optimizer) an algorithm trains beside the policy
         self.checkpoint: Path | None = None  # the checkpoint last loaded (auxiliary models restore from it)
+        # whether logp shares prompts' forwards (None: on, not yet checked on a batch)
+        self.share_prefixes: bool | None = None if shared_prompts else False
 
     # --- services of the update hooks ------------------------------------------------------
     def logp(self, batch: TrainBatch, model=None) -> torch.Tensor:
-        """(B,) log-probs of the responses under ``model`` (default: the trained policy)."""
+        """(B,) log-probs of the responses under ``model`` (default: the trained policy). Rows that
+        share a prompt (a state's K answers) share its forward pass (``shared_prefix_logp``) once
+        that is checked on this learner's first such batch to give the same log-probs."""
         batch = batch.to(self.device)
+        model = model or self.model
+        # (one learner only: a replicated or sharded group's wrapper expects one forward per backward)
+        groups = prompt_groups(batch) if self.share_prefixes is not False and self.world_size == 1 else None
         with autocast(self.device, self.dtype):
-            logits = (model or self.model)(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        return sequence_logprob(token_logp=token_logprobs(logits=logits, input_ids=batch.input_ids),
-                                mask=batch.response_mask)
+            if groups is not None:
+                shared = shared_prefix_logp(model, batch, *groups)
+                if self.share_prefixes is None:  # (once: a model family whose cache it cannot use is left alone)
+                    with torch.no_grad():
+                        whole = full_logp(model, batch)
+                    self.share_prefixes = bool(torch.allclose(shared.detach().float(), whole.float(), atol=1e-3))
+                    if not self.share_prefixes:
+                        return full_logp(model, batch)
+                return shared
+            return full_logp(model, batch)
 
     def step(self, loss: torch.Tensor, optimizer=None, module=None) -> float:
         """One clipped step of ``optimizer`` on ``module`` (default: the policy's); the gradient norm."""
@@ -122,7 +204,7 @@ class Learner:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
-        norm = float(norm.full_tensor() if isinstance(norm, DTensor) else norm)  # (the same on every rank)
+        norm = float(norm.full_tensor() if is_sharded(norm) else norm)  # (the same on every rank)
         if not math.isfinite(norm):
             raise NonFiniteError(f"the gradient norm is {norm}")
         optimizer.step()
@@ -182,7 +264,7 @@ class Learner:
             extra = {"target": algo.target} if algo.target is not None else {}
             out = algo.update(self, batch.to(self.device), loss=algo.loss, eta=eta, tau=tau, link=link, kl_coef=kl_coef,
                               epochs=epochs, minibatches=minibatches, **extra, **(options or {}))
-            weights = (q.to_local() if isinstance(q, DTensor) else q for q in self.module.parameters())
+            weights = (q.to_local() if is_sharded(q) else q for q in self.module.parameters())
             if self._over_ranks(sum((~torch.isfinite(q)).sum() for q in weights)):  # before they are published
                 raise NonFiniteError("the weights are not finite")
         except NonFiniteError as e:
@@ -212,7 +294,8 @@ class Learner:
         """The current weights for the generators (a detached copy, in host memory). Sharded: the
         full weights on rank 0, gathered one tensor at a time (None on the other ranks)."""
         if self.sharded:
-            state = get_model_state_dict(self.module, options=FULL)
+            dcp, full = full_state()
+            state = dcp.get_model_state_dict(self.module, options=full)
             return state if self.rank == 0 else None
         return {k: v.detach().to("cpu", copy=True) for k, v in self.module.state_dict().items()}
 
@@ -238,8 +321,9 @@ class Learner:
         state, one tensor at a time)."""
         policy = moments = None
         if self.sharded:
-            policy = get_model_state_dict(self.module, options=FULL)
-            moments = get_optimizer_state_dict(self.module, self.optimizer, options=FULL)
+            dcp, full = full_state()
+            policy = dcp.get_model_state_dict(self.module, options=full)
+            moments = dcp.get_optimizer_state_dict(self.module, self.optimizer, options=full)
         if self.rank != 0:
             return
         directory = Path(directory)
@@ -257,7 +341,7 @@ class Learner:
 
     def shard_numel(self) -> int:
         """Parameter elements this rank holds (a sharded learner's part, else the whole model)."""
-        return sum((q.to_local() if isinstance(q, DTensor) else q).numel() for q in self.module.parameters())
+        return sum((q.to_local() if is_sharded(q) else q).numel() for q in self.module.parameters())
 
     def _by_index(self, state: dict) -> dict:
         """An optimizer state keyed by parameter names (a sharded model's) → by index, as
@@ -275,9 +359,10 @@ class Learner:
         directory = Path(directory)
         policy = load_file(str(directory / "policy" / "model.safetensors"))
         if self.sharded:  # every rank reads the full state and keeps its shard
-            full = StateDictOptions(full_state_dict=True)
-            set_model_state_dict(self.module, policy, options=full)
-            set_optimizer_state_dict(self.module, self.optimizer, self._by_name(read_optimizer(directory)), options=full)
+            dcp, full = full_state(offload=False)
+            dcp.set_model_state_dict(self.module, policy, options=full)
+            dcp.set_optimizer_state_dict(self.module, self.optimizer, self._by_name(read_optimizer(directory)),
+                                         options=full)
         else:
             self.module.load_state_dict(policy)
             load_optimizer(self.optimizer, directory)  # (the optimizer moves the state to the parameters' device)

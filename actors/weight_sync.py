@@ -10,12 +10,12 @@ its model's tensors; one on ``vllm`` into buffers it then hands to its engine's 
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
-from torch.distributed.tensor import DTensor
 
 from framework.models import group_backend
 
@@ -45,10 +45,17 @@ class Manifest:
                                  f"{shape} on the generators")
 
 
+
+def is_sharded(t) -> bool:
+    """Whether ``t`` is an FSDP2 ``DTensor`` (its module, slow to import, is loaded only where a
+    learner shards: a tensor of a process without it is a plain one)."""
+    dtensor = sys.modules.get("torch.distributed.tensor")
+    return dtensor is not None and isinstance(t, dtensor.DTensor)
+
 def full(t: torch.Tensor) -> torch.Tensor:
     """The whole tensor: a sharded one (an FSDP2 ``DTensor``) gathered from every rank — a
     collective — else itself."""
-    return t.full_tensor() if isinstance(t, DTensor) else t
+    return t.full_tensor() if is_sharded(t) else t
 
 
 def gather(state: dict[str, torch.Tensor], manifest: Manifest) -> None:

@@ -13,7 +13,8 @@ GRPO loss, ``dapo``, with its group-normalised advantages); alignplay writes eve
 comparison to Parquet and a metrics line per update, TRL logs to memory; alignplay evaluates the
 start and the final policy (2 held-out states, 1 sample: a few ms). TRL runs in one process on
 all the cores (``torch.set_num_threads``); alignplay as configured by default, its roles in Ray
-actors.
+actors (``async_shared`` adds ``pipeline.shared_prompts=true``: each prompt's forward pass made
+once for its K answers, which TRL does not do).
 
 Measured per stack, medians over ``repeats`` runs of the per-run medians over updates 3 … n−1
 (the first two warm up): samples/s, generated tokens/s, s/update; peak PSS summed over the
@@ -21,7 +22,7 @@ stack's whole process tree (Ray's raylet, GCS and workers included), sampled eve
 this process; wall time from the process's start (before its imports) to the end of its first
 update.
 
-    python bench/peers.py [quick=true] [repeats=N] [updates=N] [stacks=trl,sync,async]
+    python bench/peers.py [quick=true] [repeats=N] [updates=N] [stacks=trl,sync,async,async_shared]
 
 TRL comes from the ``bench`` extra (``pip install -c constraints.txt -e ".[bench]"``); without
 it the TRL stack is skipped and said so. Ends with one JSON line: per stack its figures, and
@@ -49,7 +50,9 @@ WORK = ["task.turns=1", f"train.conversations={PROMPTS}", f"algo.k={K}", f"model
         f"algo.kl_coef={KL}", f"algo.lr={LR}", "algo.lr_schedule=linear", "algo.epochs=1", "algo.minibatches=1",
         "algo.keep=all", "eval.every=1000000", "eval.conversations=2", "eval.final_conversations=2",
         "eval.samples=1", "eval.final_samples=1", "checkpoint.every=1000000"]
-STACKS = ("trl", "sync", "async")
+#: each stack: TRL, or alignplay's pipeline mode with the settings it adds to the defaults
+STACKS = {"trl": None, "sync": ["pipeline.mode=sync"], "async": ["pipeline.mode=async"],
+          "async_shared": ["pipeline.mode=async", "pipeline.shared_prompts=true"]}
 
 
 def config(*extra: str):
@@ -70,11 +73,10 @@ def prompts_of(cfg, updates: int) -> list[list[list[dict]]]:
 
 
 # --- the stacks, each run in a child process ---------------------------------------------------
-def alignplay_child(mode: str, policy: str, updates: int) -> dict:
+def alignplay_child(stack: str, policy: str, updates: int) -> dict:
     from framework.jobs import selfplay
 
-    cfg = config(f"model.path={policy}", "warm_start.steps=0", f"pipeline.mode={mode}",
-                 f"train.iterations={updates}")
+    cfg = config(f"model.path={policy}", "warm_start.steps=0", *STACKS[stack], f"train.iterations={updates}")
     with tempfile.TemporaryDirectory() as run_dir:
         selfplay.run(cfg, Path(run_dir), progress=False)
         rows = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
@@ -225,6 +227,8 @@ def main(argv: list[str]) -> dict:
     updates = int(opts.get("updates", 8 if quick else 30))
     repeats = int(opts.get("repeats", 1 if quick else 2))
     stacks = opts.get("stacks", ",".join(STACKS)).split(",")
+    if unknown := [s for s in stacks if s not in STACKS]:
+        raise SystemExit(f"bench/peers.py: stacks: unknown {', '.join(unknown)}; choose from {', '.join(STACKS)}")
     try:
         import trl  # noqa: F401
     except ImportError:

@@ -540,6 +540,12 @@ class PipelineConfig:
     judges: int = 1
     """Judge actors (each with ``resources.judge``): every iteration's pairs are split between them
     in order; a dead or hung judge is re-created and its share sent again."""
+    shared_prompts: bool = False
+    """The learner runs each distinct prompt of a batch once — a state's K answers share its keys
+    and values — and only the answers after it (one learner; checked against the plain forward on
+    its first batch, and left off where they differ). The same log-probs and gradients to float
+    rounding: a run's figures move in their last digits, so it is off by default and a seed's
+    runs reproduce earlier ones."""
     light_roles: str = "auto"
     """Where the light roles run — the reference (the warm start, sampled only by evaluations) and a
     ``rule`` judge: ``actors`` (each its own Ray actor: placed by ``resources``, re-created when it

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -241,7 +241,8 @@ def write_parquet(records: list, path: Path) -> None:
         seen.add(r.key)
     schema = {Rollout: ROLLOUT_SCHEMA, Comparison: COMPARISON_SCHEMA}[type(records[0])]
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist([asdict(r) for r in records], schema=schema), path)
+    columns = {name: [getattr(r, name) for r in records] for name in schema.names}  # (no per-record copies)
+    pq.write_table(pa.Table.from_pydict(columns, schema=schema), path)
 
 
 class ParquetWriter:

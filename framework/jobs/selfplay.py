@@ -197,7 +197,7 @@ def build_roles(cfg: Config, task: Task, policy_path: str, cluster) -> Roles:
     learners = [cluster.spawn(Learner, slot=slots[f"learner {i}"], pin=pin_learn[i] if pin_learn else None,
                               model_path=policy_path, rank=i, world_size=p.learners, init_method=init_method,
                               lr=cfg.algo.lr, threads=learn_threads, seed=cfg.seed, dtype=cfg.model.dtype,
-                              strategy=p.learner_strategy)
+                              strategy=p.learner_strategy, shared_prompts=p.shared_prompts)
                 for i in range(p.learners)]
     # Generators, the reference and the judge are rebuilt by their constructor and last weights
     # (a broadcast group cannot take a new member: a generator lost there rebuilds the run).
@@ -441,8 +441,9 @@ class Prepared:
     rollouts: list[Rollout]
     fresh: list[Rollout]
     stale: list[Rollout]
-    judged: list[Rollout]
-    comparisons: list[Comparison]
+    judged: list[Rollout]  # the fresh ones whose conversation has every pair judged
+    comparisons: list[Comparison]  # every verdict (the records)
+    kept: list[Comparison]  # those of the judged conversations (what the update and memory see)
     batch: TrainBatch
 
 
@@ -466,14 +467,14 @@ def prepare(cfg: Config, roles: Roles, algo: Algorithm, plan: Plan, generation: 
              judge_dropped_conversations=len(dropped))
     with timed(m, "build_batch"):
         batch = algo.build_batch(judged, kept, keep=cfg.algo.keep, pad_id=roles.pad_id, **options)
-    return Prepared(m, rollouts, fresh, stale, judged, kept, batch)
+    return Prepared(m, rollouts, fresh, stale, judged, comparisons, kept, batch)
 
 
 def learn(cfg: Config, roles: Roles, plan: Plan, state: RunState, p: Prepared, t: int) -> Callable[[], dict]:
     """Iteration t's update sent and its policy published (neither waited for: a generator's calls
     run in order, so it loads the version before its next generation); returns what waits for the
     update's metrics."""
-    p.m.update(state.memory.observe(p.judged, p.comparisons))
+    p.m.update(state.memory.observe(p.judged, p.kept))
     with timed(p.m, "update"):
         results = update(roles, p.batch, cfg.algo, t, cfg.train.iterations)
         state.version += 1

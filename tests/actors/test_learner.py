@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from actors.learner import Learner
+from actors.learner import Learner, full_logp, prompt_groups, shared_prefix_logp
 from actors.remote import RayCluster
 from framework.batching import collate
 
@@ -180,3 +180,29 @@ def test_a_sharded_group_takes_the_full_batch_step_and_checkpoints_what_a_replic
     assert [r["version"] for r in out] == [2, 2]
     for k, v in single.weights().items():
         torch.testing.assert_close(after[k], v, atol=1e-5, rtol=1e-4)
+
+
+def test_rows_that_share_a_prompt_share_its_forward_with_the_same_logprobs_and_gradients(tiny_policy):
+    """pipeline.shared_prompts: 6 prompts of 5–11 tokens, 3 answers of 1–5 tokens each (ragged on
+    both sides): the prompt's keys and values made once give the plain forward's log-probs and
+    gradients to float rounding."""
+    learner = Learner(model_path=tiny_policy, shared_prompts=True)
+    g = torch.Generator().manual_seed(0)
+    prompts, answers = [], []
+    for _ in range(6):
+        prompt = torch.randint(3, 60, (int(torch.randint(5, 12, (1,), generator=g)),), generator=g).tolist()
+        for _ in range(3):
+            prompts.append(prompt)
+            answers.append(torch.randint(3, 60, (int(torch.randint(1, 6, (1,), generator=g)),), generator=g).tolist())
+    batch = collate(prompts, answers, pad_id=learner.tokenizer.pad_token_id)
+    groups = prompt_groups(batch)
+    assert len(groups[0]) == 6 and groups[1].tolist() == [j for j in range(6) for _ in range(3)]
+    params = list(learner.module.parameters())
+    plain = full_logp(learner.module, batch)
+    shared = shared_prefix_logp(learner.module, batch, *groups)
+    assert torch.allclose(shared, plain, atol=1e-4) and not torch.allclose(plain[0], plain[1])
+    for a, b in zip(torch.autograd.grad(plain.sum(), params), torch.autograd.grad(shared.sum(), params)):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-5 * float(a.abs().max()))
+    assert torch.allclose(learner.logp(batch), plain, atol=1e-4) and learner.share_prefixes is True
+    distinct = collate([[5, 6, 7], [5, 6, 8]], [[9], [9]], pad_id=learner.tokenizer.pad_token_id)
+    assert prompt_groups(distinct) is None  # (nothing shared: the plain forward)
