@@ -41,6 +41,8 @@ import threading
 import time
 from pathlib import Path
 
+from pipeline import wait_for_ray_to_exit  # (bench/pipeline.py, beside this script)
+
 STARTED = time.time()  # (the child's clock starts before its imports: start-up counts)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -208,17 +210,6 @@ def measure(stack: str, policy: str, updates: int) -> dict:
     wait_for_ray_to_exit()
     return {"samples_per_s": samples / s_update, "tokens_per_s": tokens / s_update, "s_per_update": s_update,
             "peak_pss_gb": peak[0] / 1e9, "processes": peak[1], "first_update_s": result["first_update"]}
-
-
-def wait_for_ray_to_exit(timeout: float = 30.0) -> None:
-    """Ray's processes outlive a run by a few seconds; the next one would share the cores."""
-    import psutil
-
-    deadline = time.time() + timeout
-    while time.time() < deadline and any(
-            p.info["name"] and ("raylet" in p.info["name"] or p.info["name"].startswith("ray::"))
-            for p in psutil.process_iter(["name"])):
-        time.sleep(0.5)
 
 
 def main(argv: list[str]) -> dict:
